@@ -1,0 +1,26 @@
+"""The Falcon application of an HTTP worker."""
+
+from __future__ import annotations
+
+import falcon
+
+from count.broker.client import NodeClient
+from count.config import Config
+from count.errors import CountError
+from count.http import errors, resources
+
+
+def create_app(config: Config, client: NodeClient) -> falcon.App:
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(Exception, errors.handle_unexpected)
+    app.add_error_handler(CountError, errors.handle_count_error)
+    app.set_error_serializer(errors.serialize_http_error)
+    args = (config, client)
+    app.add_route("/insert", resources.Insert(*args))
+    app.add_route("/query/range/{series:path}", resources.RangeQuery(*args))
+    app.add_route("/query/aggregated/{series:path}", resources.AggregatedQuery(*args))
+    app.add_route("/series", resources.SeriesList(*args))
+    app.add_route("/health", resources.Health(*args))
+    app.add_route("/stats", resources.Stats(*args))
+    return app

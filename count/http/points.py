@@ -1,0 +1,111 @@
+"""Validating an insert body and turning it into columns, vectorised where it can be.
+
+The fast path pulls the three fields of every point with C-level ``map``/``itemgetter`` and
+checks types and ranges on whole columns. Only when that finds a problem does a slow pass
+walk the points to name the first bad one, so errors say which point and why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+
+from count.errors import BadRequest
+
+# Latest accepted timestamp: 9999-12-31T23:59:59.999Z in Unix milliseconds.
+TIMESTAMP_MAX_MS = 253_402_300_799_999
+SERIES_NAME_RE = re.compile(r"[A-Za-z0-9._\-/:]+")
+_FIELDS = itemgetter("series", "timestamp", "value")
+
+
+class PointColumns(NamedTuple):
+    names: list[str]
+    idx: np.ndarray  # uint32 index into names, per point
+    ts: np.ndarray  # int64
+    val: np.ndarray  # float64
+
+
+def check_series_name(name: object, length_max: int) -> str:
+    """Return the name if it is a valid series name, else raise BadRequest saying why."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("series must be a non-empty string")
+    if len(name.encode()) > length_max:
+        raise BadRequest(f"series name longer than {length_max} bytes (MAX_SERIES_NAME_LENGTH)")
+    if not SERIES_NAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"series name {name[:64]!r} may only hold letters, digits, '.', '_', '-', '/' and ':'")
+    return name
+
+
+def _check_point(i: int, point: Any, length_max: int) -> None:
+    """Raise BadRequest naming point ``i`` if it is not a valid point."""
+    where = f"point {i}: "
+    if not isinstance(point, dict):
+        raise BadRequest(where + 'expected an object {"series", "timestamp", "value"}')
+    for field in ("series", "timestamp", "value"):
+        if field not in point:
+            raise BadRequest(where + f"missing field {field!r}")
+    try:
+        check_series_name(point["series"], length_max)
+    except BadRequest as exc:
+        raise BadRequest(where + str(exc)) from None
+    ts = point["timestamp"]
+    if type(ts) is not int or not 0 <= ts <= TIMESTAMP_MAX_MS:
+        raise BadRequest(where + f"timestamp must be an integer 0..{TIMESTAMP_MAX_MS} (Unix ms)")
+    value = point["value"]
+    if type(value) not in (int, float):
+        raise BadRequest(where + "value must be a number")
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise BadRequest(where + "value must be a finite number (no NaN or infinity)")
+
+
+def _slow_check(points: list[Any], length_max: int) -> None:
+    for i, point in enumerate(points):
+        _check_point(i, point, length_max)
+    raise BadRequest("invalid points")  # unreachable unless the fast path disagrees
+
+
+def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> PointColumns:
+    """Parse one point or an array of points; raise BadRequest on anything invalid."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    points = [data] if isinstance(data, dict) else data
+    if not isinstance(points, list):
+        raise BadRequest("body must be a point object or an array of points")
+    if not points:
+        raise BadRequest("the array of points is empty")
+    if len(points) > batch_points_max:
+        raise BadRequest(f"{len(points)} points in one request; at most {batch_points_max} "
+                         "(MAX_BATCH_POINTS)")
+    try:
+        series, stamps, values = zip(*map(_FIELDS, points), strict=True)
+    except (TypeError, KeyError):
+        _slow_check(points, name_length_max)
+    if set(map(type, stamps)) != {int} or not set(map(type, values)) <= {int, float}:
+        _slow_check(points, name_length_max)
+    try:
+        ts = np.array(stamps, dtype=np.int64)
+        val = np.array(values, dtype=np.float64)
+    except OverflowError:
+        _slow_check(points, name_length_max)
+    if (ts.min() < 0 or ts.max() > TIMESTAMP_MAX_MS or not np.isfinite(val).all()):
+        _slow_check(points, name_length_max)
+    names = list(dict.fromkeys(series))
+    for name in names:
+        # the pattern admits ASCII only, so characters are bytes
+        if type(name) is not str or len(name) > name_length_max or not SERIES_NAME_RE.fullmatch(name):
+            _slow_check(points, name_length_max)
+    position = {name: i for i, name in enumerate(names)}
+    idx = np.fromiter(map(position.__getitem__, series), np.uint32, count=len(series))
+    return PointColumns(names, idx, ts, val)

@@ -1,0 +1,127 @@
+"""The HTTP resources: parse and validate, make one broker call, render the reply."""
+
+from __future__ import annotations
+
+import falcon
+import numpy as np
+import orjson
+
+from count.broker.client import NodeClient
+from count.config import Config
+from count.errors import BadRequest, PayloadTooLarge
+from count.http.jsonout import render_objects
+from count.http.points import TIMESTAMP_MAX_MS, check_series_name, parse_points
+
+_TIME_MAX_MS = TIMESTAMP_MAX_MS
+
+
+def _json(resp: falcon.Response, payload: object, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(payload)
+
+
+def _int_param(req: falcon.Request, name: str, default: int | None, low: int, high: int) -> int:
+    raw = req.get_param(name)
+    if raw is None:
+        if default is None:
+            raise BadRequest(f"query parameter {name!r} is required")
+        return default
+    if not raw.lstrip("-").isdigit():
+        raise BadRequest(f"query parameter {name!r} must be an integer, got {raw[:40]!r}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name!r} must be {low}..{high}")
+    return value
+
+
+def _time_range(req: falcon.Request) -> tuple[int, int]:
+    start = _int_param(req, "start", 0, 0, _TIME_MAX_MS)
+    end = _int_param(req, "end", _TIME_MAX_MS, 0, _TIME_MAX_MS)
+    if end < start:
+        raise BadRequest("end must not be before start")
+    return start, end
+
+
+def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
+    """The request body, refusing one over the limit before reading it when it is declared."""
+    declared = req.content_length
+    if declared is not None and declared > body_bytes_max:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes is over the limit of {body_bytes_max} (MAX_BODY_BYTES)")
+    body = req.bounded_stream.read(body_bytes_max + 1)
+    if len(body) > body_bytes_max:
+        raise PayloadTooLarge(f"body is over the limit of {body_bytes_max} bytes (MAX_BODY_BYTES)")
+    return body
+
+
+class Base:
+    def __init__(self, config: Config, client: NodeClient) -> None:
+        self.config = config
+        self.client = client
+
+    def _series(self, series: str) -> str:
+        return check_series_name(series, self.config.max_series_name_length)
+
+
+class Insert(Base):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_body(req, self.config.max_body_bytes)
+        cols = parse_points(body, self.config.max_batch_points, self.config.max_series_name_length)
+        result = self.client.call("insert", {
+            "names": cols.names, "idx": cols.idx.tobytes(), "ts": cols.ts.tobytes(),
+            "val": cols.val.tobytes(),
+        })
+        _json(resp, result, falcon.HTTP_201)
+
+
+class RangeQuery(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
+        start, end = _time_range(req)
+        reply = self.client.call("range", {"series": self._series(series), "start": start, "end": end})
+        ts = np.frombuffer(reply["ts"], np.int64)
+        val = np.frombuffer(reply["val"], np.float64)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = render_objects([("timestamp", ts), ("value", val)])
+
+
+class AggregatedQuery(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
+        start, end = _time_range(req)
+        aggregation = req.get_param("aggregation")
+        if aggregation is None:
+            raise BadRequest("query parameter 'aggregation' is required "
+                             "(sum, mean, avg, min, max or count)")
+        args: dict[str, object] = {"series": self._series(series), "start": start, "end": end,
+                                   "aggregation": aggregation}
+        if req.get_param("interval") is not None:
+            args["interval"] = _int_param(req, "interval", None, 1, _TIME_MAX_MS)
+        reply = self.client.call("aggregate", args)
+        if "interval" not in args:
+            _json(resp, reply["value"])
+            return
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = render_objects([
+            ("timestamp", np.frombuffer(reply["ts"], np.int64)),
+            ("value", np.frombuffer(reply["val"], np.float64)),
+            ("count", np.frombuffer(reply["count"], np.int64)),
+        ])
+
+
+class SeriesList(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        prefix = req.get_param("prefix") or ""
+        if len(prefix) > self.config.max_series_name_length:
+            raise BadRequest("prefix is longer than the longest series name")
+        limit = _int_param(req, "limit", 1000, 1, 100_000)
+        _json(resp, self.client.call("series", {"prefix": prefix, "limit": limit}))
+
+
+class Health(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, self.client.call("health", {}))
+
+
+class Stats(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, self.client.call("stats", {}))

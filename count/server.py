@@ -1,0 +1,122 @@
+"""count-server: the supervisor of one node.
+
+It validates the environment (a bad value exits 2 naming the variable), starts the node
+process, waits until its storage is open, then starts gunicorn with the HTTP workers. Its
+signal handlers only record the signal; the main loop does the work, as gunicorn's arbiter
+does. SIGTERM/SIGINT stop HTTP first (in-flight requests finish), then the node process
+(queued requests answered, buffer flushed, storage compacted) and exit 0. A child that dies
+on its own takes the node down with exit 1, so that a process supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+
+from count.config import Config, ConfigError, load_config
+from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
+from count.logfilter import install_log_filter
+from count.node_process import run_node_process
+
+log = logging.getLogger("count.server")
+
+NODE_START_TIMEOUT_S = 600
+NODE_STOP_TIMEOUT_S = 600
+SUPERVISE_TICK_S = 1.0
+
+
+def broker_endpoint(config: Config) -> str:
+    """The node process's ROUTER address: an abstract Unix socket private to this node."""
+    return f"ipc://@count-{config.bind_address.port}-{os.getpid()}"
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.signals: list[int] = []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.node: BaseProcess | None = None
+        self.http: BaseProcess | None = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        try:
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:
+            pass
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        endpoint = broker_endpoint(self.config)
+        ready = self.ctx.Event()
+        self.node = self.ctx.Process(target=run_node_process, name="count-node",
+                                     args=(self.config, endpoint, ready))
+        self.node.start()
+        while not ready.wait(0.2):
+            if self.signals:
+                return self._stop(0)
+            if not self.node.is_alive():
+                log.error("Node process exited with code %s while starting", self.node.exitcode)
+                return 1
+        self.http = self.ctx.Process(target=run_http_server, name="count-http",
+                                     args=(self.config, endpoint))
+        self.http.start()
+        log.info("Node %s serving HTTP on %s (%d workers x %d threads)", self.config.node_id,
+                 self.config.bind_address, self.config.http_workers, self.config.http_threads)
+        while True:
+            wait([self.node.sentinel, self.http.sentinel, self.wake_r], SUPERVISE_TICK_S)
+            if self.signals:
+                return self._stop(0)
+            for child in (self.node, self.http):
+                if not child.is_alive():
+                    log.error("%s exited with code %s; stopping the node", child.name,
+                              child.exitcode)
+                    self._stop(1)
+                    return 1
+
+    def _terminate(self, child: BaseProcess | None, timeout_s: float) -> None:
+        if child is None or not child.is_alive():
+            return
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(timeout_s)
+        if child.is_alive():
+            log.error("%s did not stop within %.0f s; killing it", child.name, timeout_s)
+            child.kill()
+            child.join(5)
+
+    def _stop(self, code: int) -> int:
+        log.info("Node %s shutting down", self.config.node_id)
+        self._terminate(self.http, GRACEFUL_TIMEOUT_S + 10)
+        self._terminate(self.node, NODE_STOP_TIMEOUT_S)
+        if self.node is not None and self.node.exitcode not in (0, None) and code == 0:
+            code = 1
+        log.info("Node %s stopped (exit %d; node process %s, http %s)", self.config.node_id,
+                 code, getattr(self.node, "exitcode", None), getattr(self.http, "exitcode", None))
+        return code
+
+
+def main() -> None:
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"count-server: configuration error: {exc}\n")
+        sys.exit(2)
+    install_log_filter(config.log_level, "server")
+    try:
+        os.makedirs(config.data_dir, exist_ok=True)
+    except OSError as exc:
+        sys.stderr.write(f"count-server: configuration error: DATA_DIR: {exc}\n")
+        sys.exit(2)
+    sys.exit(Supervisor(config).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Compaction: folding flushed segments into compressed per-series blocks.
+
+A compaction freezes the segments present when it starts and walks their series in id order,
+a bounded number per step so that requests are served between steps. For each series it
+merges the segments' points into the blocks they overlap and into the series' tail, then cuts
+the result into full blocks (appended) and a new tail. When every series is done the frozen
+segments are deleted. Until then a read sees a point both in its segment and in its block,
+with the same version, and last-write-wins keeps one: a crash mid-compaction loses nothing and
+the next compaction simply redoes the work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lmdb
+import numpy as np
+
+from count.storage import keys
+from count.storage.blocks import Block, cut_blocks
+from count.storage.codec import decode_block, encode_block
+from count.storage.merge import Columns, merge_sorted
+from count.storage.segments import Segment
+
+if TYPE_CHECKING:
+    from count.storage.engine import Storage
+
+SERIES_PER_STEP = 64
+_TS_MAX = np.iinfo(np.int64).max
+
+
+class Compaction:
+    """One compaction job over a fixed set of segments, run in steps."""
+
+    def __init__(self, storage: Storage, segment_keys: list[bytes]) -> None:
+        self.storage = storage
+        self.segment_keys = segment_keys
+        with storage.env.begin(buffers=True) as txn:
+            sids = [s.sids.copy() for s in self._segments(txn)]
+        self.pending = np.unique(np.concatenate(sids)) if sids else np.empty(0, np.uint32)
+        self.position = 0
+        self.points_folded = 0
+        self.blocks_written = 0
+
+    def _segments(self, txn: lmdb.Transaction) -> list[Segment]:
+        db = self.storage.db["segments"]
+        found = (txn.get(k, db=db) for k in self.segment_keys)
+        return [Segment(data) for data in found if data is not None]
+
+    def step(self) -> bool:
+        """Compact the next few series; True when the job is finished."""
+        if self.position >= len(self.pending):
+            self._finish()
+            return True
+        chunk = self.pending[self.position:self.position + SERIES_PER_STEP]
+        gathered: list[tuple[int, Columns]] = []
+        with self.storage.env.begin(buffers=True) as txn:
+            segments = self._segments(txn)
+            for sid in chunk.tolist():
+                parts = [c for c in (s.series(sid, 0, _TS_MAX) for s in segments) if c is not None]
+                gathered.append((sid, merge_sorted(parts)))
+        db = self.storage.db
+        first_block = self.storage.next_block
+
+        def body(txn: lmdb.Transaction) -> int:
+            next_block = first_block
+            for sid, cols in gathered:
+                if len(cols):
+                    next_block = fold_series(txn, db, sid, cols, next_block)
+            return next_block
+
+        self.storage.next_block = self.storage.transact(body)
+        self.blocks_written += self.storage.next_block - first_block
+        self.points_folded += sum(len(c) for _, c in gathered)
+        self.position += len(chunk)
+        return False
+
+    def _finish(self) -> None:
+        db = self.storage.db["segments"]
+
+        def body(txn: lmdb.Transaction) -> None:
+            for key in self.segment_keys:
+                txn.delete(key, db=db)
+
+        self.storage.transact(body)
+
+
+def _decode(data: bytes | memoryview) -> Columns:
+    return Columns(*decode_block(data))
+
+
+def fold_series(
+    txn: lmdb.Transaction, db: dict[str, lmdb._Database], sid: int, new: Columns, next_block: int
+) -> int:
+    """Merge new sorted points of one series into its blocks and tail; return next block seq.
+
+    Invariant kept: full blocks of a series do not overlap, and the tail (if any) holds
+    the newest points, after every full block.
+    """
+    prefix = keys.sid_key(sid)
+    tail_data = txn.get(prefix, db=db["tails"])
+    tail = _decode(tail_data) if tail_data is not None else None
+    lo, hi = int(new.ts[0]), int(new.ts[-1])
+    include_tail = tail is not None and hi >= int(tail.ts[0])
+    replaced: list[tuple[bytes, int]] = []
+    if tail is None or lo < int(tail.ts[0]):
+        cur = txn.cursor(db["bindex"])
+        if cur.set_range(keys.index_key(sid, lo)):
+            for key, value in cur:
+                if key[:4] != prefix:
+                    break
+                seq, min_ts, _ = keys.unpack_index_value(value)
+                if min_ts > hi:
+                    break
+                replaced.append((bytes(key), seq))
+    parts = [_decode(txn.get(keys.seq_key(seq), db=db["blocks"])) for _, seq in replaced]
+    if include_tail:
+        parts.append(tail)
+    parts.append(new)
+    merged = merge_sorted(parts)
+    if tail is not None:
+        to_tail = include_tail
+    else:
+        cur = txn.cursor(db["bindex"])
+        later = cur.set_range(keys.index_key(sid, int(merged.ts[-1]) + 1))
+        to_tail = not (later and cur.key()[:4] == prefix)
+    full, rest = cut_blocks(merged)
+    if not to_tail and len(rest):
+        data = encode_block(rest.ts, rest.val, rest.ver)
+        full.append(Block(data, int(rest.ts[0]), int(rest.ts[-1]), len(rest)))
+    for key, seq in replaced:
+        txn.delete(key, db=db["bindex"])
+        txn.delete(keys.seq_key(seq), db=db["blocks"])
+    for block in full:
+        txn.put(keys.seq_key(next_block), block.data, db=db["blocks"], append=True)
+        txn.put(keys.index_key(sid, block.max_ts),
+                keys.index_value(next_block, block.min_ts, block.count), db=db["bindex"])
+        next_block += 1
+    if to_tail:
+        if len(rest):
+            txn.put(prefix, encode_block(rest.ts, rest.val, rest.ver), db=db["tails"])
+        elif tail_data is not None:
+            txn.delete(prefix, db=db["tails"])
+    return next_block

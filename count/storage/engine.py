@@ -1,0 +1,401 @@
+"""The storage engine of one node: LMDB environment, WAL, memory buffer, segments, blocks.
+
+Write path: ``write`` puts one WAL record for a whole group of requests and commits (fsync)
+once, then appends to the memory buffer. ``flush`` turns the buffer into one segment and
+empties the WAL in one transaction. Compaction (``compaction.py``) folds segments into
+compressed per-series blocks. A range read merges blocks, the series' tail, segments and
+the buffer by last-write-wins.
+
+LMDB databases (all keys big-endian):
+  series      name -> sid u32           series_names  sid -> name
+  wal         seq u64 -> WAL record     segments      seq u64 -> segment
+  tails       sid -> block (newest, still filling)
+  blocks      seq u64 -> full block     bindex        (sid, max_ts) -> (seq, min_ts, count)
+  meta        b"version_high" -> u64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+import numpy as np
+
+from count.errors import BadRequest, DiskFull
+from count.storage import keys
+from count.storage.buffer import MemoryBuffer
+from count.storage.codec import block_header, decode_block
+from count.storage.compaction import Compaction
+from count.storage.merge import EMPTY, Columns, merge_sorted
+from count.storage.segments import Segment, build_segment
+from count.storage.wal import decode_wal_record, encode_wal_record
+
+log = logging.getLogger("count.storage")
+
+T = TypeVar("T")
+
+DATABASES = ("series", "series_names", "wal", "segments", "tails", "blocks", "bindex", "meta")
+# A map that cannot grow this many times in a row means the disk is the limit.
+MAP_GROWTH_TRIES_MAX = 12
+MAP_SIZE_MAX_BYTES = 1 << 44
+# Compaction starts once this many segments wait, or when the node is idle.
+SEGMENTS_MAX = 32
+# At a clean stop the file is rewritten without free pages when they are this share of it.
+COMPACT_COPY_FREE_RATIO = 0.10
+_COMPACT_DIR = "compact.tmp"
+_TS_MAX = np.iinfo(np.int64).max
+
+
+@dataclasses.dataclass
+class WriteRequest:
+    """One insert: unique series names, per-point index into them, and the points."""
+
+    names: list[str]
+    idx: np.ndarray
+    ts: np.ndarray
+    val: np.ndarray
+    version: int
+
+
+def _is_disk_full(exc: lmdb.Error) -> bool:
+    return isinstance(exc, lmdb.DiskError) or "No space left" in str(exc) or (
+        getattr(exc, "errno", None) == errno.ENOSPC
+    )
+
+
+class Storage:
+    def __init__(
+        self,
+        path: str,
+        map_size_bytes: int,
+        buffer_points: int,
+        flush_interval_s: float,
+    ) -> None:
+        os.makedirs(path, exist_ok=True)
+        shutil.rmtree(os.path.join(path, _COMPACT_DIR), ignore_errors=True)
+        self.path = path
+        self.buffer_points = buffer_points
+        self.flush_interval_s = flush_interval_s
+        self.env = lmdb.open(
+            path, map_size=map_size_bytes, max_dbs=len(DATABASES), readahead=False,
+            max_readers=64, sync=True, metasync=True,
+        )
+        if self.env.info()["map_size"] < map_size_bytes:
+            self.env.set_mapsize(map_size_bytes)
+        self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self.buffer = MemoryBuffer(buffer_points)
+        self.compaction: Compaction | None = None
+        self.flushes = 0
+        self._sids: dict[str, int] = {}
+        self._segment_keys: list[bytes] = []
+        self._load()
+
+    # -- startup ---------------------------------------------------------------------------
+
+    def _last_key(self, txn: lmdb.Transaction, db: str) -> bytes | None:
+        cur = txn.cursor(self.db[db])
+        return bytes(cur.key()) if cur.last() else None
+
+    def _load(self) -> None:
+        with self.env.begin() as txn:
+            for name, sid in txn.cursor(self.db["series"]):
+                self._sids[name.decode()] = keys.unpack_u32(sid)
+            last = self._last_key(txn, "series_names")
+            self._next_sid = keys.unpack_u32(last) + 1 if last else 1
+            last = self._last_key(txn, "wal")
+            self._next_wal = keys.unpack_u64(last) + 1 if last else 1
+            last = self._last_key(txn, "blocks")
+            self.next_block = keys.unpack_u64(last) + 1 if last else 1
+            self._segment_keys = [bytes(k) for k in txn.cursor(self.db["segments"]).iternext(values=False)]
+            last = self._last_key(txn, "segments")
+            self._next_segment = keys.unpack_u64(last) + 1 if last else 1
+            high = txn.get(b"version_high", db=self.db["meta"])
+            self.version_high = keys.unpack_u64(high) if high else 0
+            replayed = 0
+            for _, record in txn.cursor(self.db["wal"]):
+                sid, ts, val, ver = decode_wal_record(record)
+                self.buffer.append(sid, ts, val, ver)
+                if len(ver):
+                    self.version_high = max(self.version_high, int(ver.max()))
+                replayed += len(ts)
+        log.info(
+            "Storage opened at %s: %d series, %d segments, %d points replayed from the WAL",
+            self.path, len(self._sids), len(self._segment_keys), replayed,
+        )
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``body`` in one write transaction and commit it durably.
+
+        The map doubles and the body is retried when the map is full; a full disk raises
+        DiskFull with nothing changed. ``body`` must be safe to run again.
+        """
+        for _ in range(MAP_GROWTH_TRIES_MAX):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                self._grow_map()
+            except lmdb.Error as exc:
+                if _is_disk_full(exc):
+                    log.error("Write failed: disk full at %s (%s)", self.path, exc)
+                    raise DiskFull(f"disk full: no room to store the write under {self.path}") from None
+                raise
+        raise DiskFull("disk full: the LMDB map could not grow enough for this write")
+
+    def _grow_map(self) -> None:
+        size = self.env.info()["map_size"]
+        if size >= MAP_SIZE_MAX_BYTES:
+            raise DiskFull("disk full: the LMDB map reached its largest size")
+        self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+        log.info("LMDB map grown from %d to %d MiB", size >> 20, self.env.info()["map_size"] >> 20)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, requests: list[WriteRequest]) -> None:
+        """Make a group of requests durable with one commit, then readable from the buffer."""
+        created: dict[str, int] = {}
+
+        def body(txn: lmdb.Transaction) -> tuple[np.ndarray, ...]:
+            created.clear()
+            next_sid = self._next_sid
+            sid_parts = []
+            for req in requests:
+                local = np.empty(len(req.names), np.uint32)
+                for i, name in enumerate(req.names):
+                    sid = self._sids.get(name) or created.get(name)
+                    if sid is None:
+                        sid, next_sid = next_sid, next_sid + 1
+                        created[name] = sid
+                        txn.put(name.encode(), keys.sid_key(sid), db=self.db["series"])
+                        txn.put(keys.sid_key(sid), name.encode(), db=self.db["series_names"],
+                                append=True)
+                    local[i] = sid
+                sid_parts.append(local[req.idx])
+            sid = np.concatenate(sid_parts)
+            ts = np.concatenate([r.ts for r in requests])
+            val = np.concatenate([r.val for r in requests])
+            ver = np.concatenate([np.full(len(r.ts), r.version, np.uint64) for r in requests])
+            txn.put(keys.seq_key(self._next_wal), encode_wal_record(sid, ts, val, ver),
+                    db=self.db["wal"], append=True)
+            return sid, ts, val, ver
+
+        sid, ts, val, ver = self.transact(body)
+        self._next_wal += 1
+        self._sids.update(created)
+        self._next_sid += len(created)
+        self.buffer.append(sid, ts, val, ver)
+        self.version_high = max(self.version_high, max(r.version for r in requests))
+
+    def flush_due(self) -> bool:
+        if len(self.buffer) >= self.buffer_points:
+            return True
+        oldest = self.buffer.oldest_monotonic
+        return oldest is not None and time.monotonic() - oldest >= self.flush_interval_s
+
+    def seconds_to_flush(self) -> float | None:
+        oldest = self.buffer.oldest_monotonic
+        if oldest is None:
+            return None
+        return max(0.0, oldest + self.flush_interval_s - time.monotonic())
+
+    def flush(self) -> None:
+        """Move the memory buffer into one segment and empty the WAL, in one commit."""
+        if not len(self.buffer):
+            return
+        started = time.perf_counter()
+        segment = build_segment(*self.buffer.contents())
+        key = keys.seq_key(self._next_segment)
+        high = keys.seq_key(self.version_high)
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.put(key, segment, db=self.db["segments"], append=True)
+            txn.drop(self.db["wal"], delete=False)
+            txn.put(b"version_high", high, db=self.db["meta"])
+
+        self.transact(body)
+        points = len(self.buffer)
+        self.buffer.clear()
+        self._segment_keys.append(key)
+        self._next_segment += 1
+        self.flushes += 1
+        log.debug("Flushed %d points into segment %d in %.1f ms", points,
+                  self._next_segment - 1, (time.perf_counter() - started) * 1000)
+
+    # -- compaction ------------------------------------------------------------------------
+
+    def compaction_due(self, idle: bool) -> bool:
+        """Whether to start compacting: many segments wait, or the node is idle."""
+        if self.compaction is not None or not self._segment_keys:
+            return False
+        return idle or len(self._segment_keys) >= SEGMENTS_MAX
+
+    def start_compaction(self) -> None:
+        self.compaction = Compaction(self, list(self._segment_keys))
+
+    def compaction_step(self) -> None:
+        """One bounded step of the running compaction; finishing it drops its segments."""
+        assert self.compaction is not None
+        if self.compaction.step():
+            done = set(self.compaction.segment_keys)
+            self._segment_keys = [k for k in self._segment_keys if k not in done]
+            self.compaction = None
+
+    def compact_all(self) -> None:
+        """Fold every segment into blocks now (clean stop)."""
+        while self._segment_keys or self.compaction is not None:
+            if self.compaction is None:
+                self.start_compaction()
+            self.compaction_step()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def sid(self, name: str) -> int | None:
+        return self._sids.get(name)
+
+    def segments(self, txn: lmdb.Transaction) -> Iterator[Segment]:
+        for key in self._segment_keys:
+            data = txn.get(key, db=self.db["segments"])
+            if data is not None:
+                yield Segment(data)
+
+    def read(self, name: str, start: int, end: int, points_max: int) -> Columns:
+        """Every point of a series in [start, end], sorted, last write winning."""
+        sid = self._sids.get(name)
+        if sid is None:
+            return EMPTY
+        parts: list[Columns] = []
+        total = 0
+        with self.env.begin(buffers=True) as txn:
+            prefix = keys.sid_key(sid)
+            cur = txn.cursor(self.db["bindex"])
+            if cur.set_range(keys.index_key(sid, start)):
+                for key, value in cur:
+                    if bytes(key[:4]) != prefix:
+                        break
+                    seq, min_ts, count = keys.unpack_index_value(value)
+                    if min_ts > end:
+                        break
+                    total += count
+                    if total > points_max:
+                        raise BadRequest(
+                            f"the range holds more than {points_max} points: narrow it "
+                            "(MAX_QUERY_POINTS)")
+                    block = txn.get(keys.seq_key(seq), db=self.db["blocks"])
+                    parts.append(Columns(*decode_block(block)).between(start, end))
+            tail = txn.get(prefix, db=self.db["tails"])
+            if tail is not None:
+                header = block_header(tail)
+                if header.max_ts >= start and header.min_ts <= end:
+                    parts.append(Columns(*decode_block(tail)).between(start, end))
+            for segment in self.segments(txn):
+                found = segment.series(sid, start, end)
+                if found is not None:
+                    parts.append(found)
+        parts.append(self.buffer.series(sid, start, end))
+        merged = merge_sorted(parts)
+        if len(merged) > points_max:
+            raise BadRequest(
+                f"the range holds more than {points_max} points: narrow it (MAX_QUERY_POINTS)")
+        return merged
+
+    def list_series(self, prefix: str, limit: int) -> list[str]:
+        """Series names starting with ``prefix``, sorted, at most ``limit``."""
+        wanted = prefix.encode()
+        names: list[str] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db["series"])
+            if not cur.set_range(wanted):
+                return names
+            for key in cur.iternext(values=False):
+                if not key.startswith(wanted) or len(names) >= limit:
+                    break
+                names.append(key.decode())
+        return names
+
+    def stats(self) -> dict[str, Any]:
+        with self.env.begin() as txn:
+            blocks = txn.stat(self.db["blocks"])["entries"]
+            tails = txn.stat(self.db["tails"])["entries"]
+        return {
+            "series": len(self._sids),
+            "buffer_points": len(self.buffer),
+            "segments": len(self._segment_keys),
+            "blocks": blocks,
+            "tails": tails,
+            "flushes": self.flushes,
+            "compacting": self.compaction is not None,
+            "map_size_bytes": self.env.info()["map_size"],
+            "file_bytes": self.file_bytes(),
+        }
+
+    def file_bytes(self) -> int:
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _repack_tails(self) -> None:
+        """Rewrite the tails in key order with MDB_APPEND so their leaf pages are full."""
+        with self.env.begin() as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(self.db["tails"])]
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.drop(self.db["tails"], delete=False)
+            cur = txn.cursor(self.db["tails"])
+            cur.putmulti(items, append=True)
+
+        self.transact(body)
+
+    def _free_ratio(self) -> float:
+        with self.env.begin() as txn:
+            used = 2 + sum(
+                s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+                for s in [txn.stat()] + [txn.stat(self.db[name]) for name in DATABASES]
+            )
+        info = self.env.info()
+        total = info["last_pgno"] + 1
+        return max(0.0, (total - used) / total)
+
+    def _compact_copy(self) -> None:
+        """Rewrite data.mdb without its free pages (atomic rename over the old file)."""
+        target = os.path.join(self.path, _COMPACT_DIR)
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        self.env.copy(target, compact=True)
+        self.env.close()
+        fd = os.open(os.path.join(target, "data.mdb"), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(os.path.join(target, "data.mdb"), os.path.join(self.path, "data.mdb"))
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        shutil.rmtree(target, ignore_errors=True)
+
+    def close(self, clean: bool = True) -> None:
+        """Stop: on a clean stop flush, compact, and shrink the file; then close LMDB."""
+        if clean:
+            self.flush()
+            self.compact_all()
+            self._repack_tails()
+            ratio = self._free_ratio()
+            if ratio >= COMPACT_COPY_FREE_RATIO:
+                before = self.file_bytes()
+                self._compact_copy()
+                log.info("Storage file compacted from %d to %d bytes (%.0f%% was free)",
+                         before, os.path.getsize(os.path.join(self.path, "data.mdb")),
+                         ratio * 100)
+                return
+        self.env.close()
