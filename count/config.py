@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Most points in one POST /insert.", 1, 1_000_000),
     Setting("MAX_SERIES_NAME_LENGTH", "max_series_name_length", _parse_int, "256",
             "Longest series name in bytes.", 1, 4096),
-    Setting("MAX_QUERY_POINTS", "max_query_points", _parse_int, "10000000",
+    Setting("MAX_QUERY_POINTS", "max_query_points", _parse_int, "1000000",
             "Most points one range query may return (400 above: narrow the range).",
             1000, 100_000_000),
     Setting("LMDB_MAP_SIZE_MB", "lmdb_map_size_mb", _parse_int, "1024",

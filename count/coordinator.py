@@ -18,7 +18,7 @@ from count.broker.protocol import Request
 from count.config import Config
 from count.errors import BadRequest, CountError
 from count.storage.aggregate import AGGREGATIONS, aggregate, aggregate_buckets
-from count.storage.engine import Storage, WriteRequest
+from count.storage.engine import SEGMENTS_MAX, Storage, WriteRequest
 from count.storage.versions import VersionClock, node_tag
 
 log = logging.getLogger("count.coordinator")
@@ -172,14 +172,19 @@ class Coordinator:
                 log.error("Flush failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
         if storage.compaction is None and storage.compaction_due(idle):
             storage.start_compaction()
-        if storage.compaction is not None:
+        # Compaction normally takes one bounded step per turn; a growing backlog of segments
+        # (writes outpacing it) buys it more steps per turn, which slows writes instead of
+        # letting segments, and the cost of every read, grow without bound.
+        steps = 1 + storage.segment_count() // SEGMENTS_MAX
+        for _ in range(steps):
+            if storage.compaction is None:
+                break
             try:
                 storage.compaction_step()
             except CountError as exc:
                 log.error("Compaction step failed: %s", exc)
                 return False
-            return storage.compaction is not None
-        return False
+        return storage.compaction is not None
 
     def next_wakeup_s(self) -> float | None:
         """Seconds until background work is due (a flush), or None if nothing is pending."""

@@ -238,6 +238,9 @@ class Storage:
             return False
         return idle or len(self._segment_keys) >= SEGMENTS_MAX
 
+    def segment_count(self) -> int:
+        return len(self._segment_keys)
+
     def start_compaction(self) -> None:
         self.compaction = Compaction(self, list(self._segment_keys))
 
