@@ -189,12 +189,10 @@ class Config:
 
 def load_config(env: Mapping[str, str]) -> Config:
     """Read every setting from ``env``; raise ConfigError naming the first bad variable."""
-    merged = dict(env)
-    if "LOG_LEVEL" not in merged:
-        for alias in _LOG_ALIASES[1:]:
-            if alias in merged:
-                merged["LOG_LEVEL"] = merged[alias]
-    values = {s.field: s.read(merged) for s in SETTINGS}
+    values = {s.field: s.read(env) for s in SETTINGS if s.name != "LOG_LEVEL"}
+    log_name = next((name for name in _LOG_ALIASES if name in env), "LOG_LEVEL")
+    log_setting = next(s for s in SETTINGS if s.name == "LOG_LEVEL")
+    values["log_level"] = dataclasses.replace(log_setting, name=log_name).read(env)
     config = Config(**values)
     if config.cluster_enabled and not config.cluster_nodes:
         raise ConfigError("CLUSTER_NODES: must list the members when CLUSTER_ENABLED=true")

@@ -62,4 +62,6 @@ def unpack_reply(frame: bytes) -> Reply:
         raise ProtocolError(f"undecodable reply: {exc}") from None
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+    if not (isinstance(req_id, int) and isinstance(status, int)):
+        raise ProtocolError("malformed reply fields")
     return Reply(req_id, status, body)

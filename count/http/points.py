@@ -92,7 +92,8 @@ def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> Po
         series, stamps, values = zip(*map(_FIELDS, points), strict=True)
     except (TypeError, KeyError):
         _slow_check(points, name_length_max)
-    if set(map(type, stamps)) != {int} or not set(map(type, values)) <= {int, float}:
+    if (set(map(type, stamps)) != {int} or not set(map(type, values)) <= {int, float}
+            or set(map(type, series)) != {str}):
         _slow_check(points, name_length_max)
     try:
         ts = np.array(stamps, dtype=np.int64)
@@ -104,7 +105,7 @@ def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> Po
     names = list(dict.fromkeys(series))
     for name in names:
         # the pattern admits ASCII only, so characters are bytes
-        if type(name) is not str or len(name) > name_length_max or not SERIES_NAME_RE.fullmatch(name):
+        if len(name) > name_length_max or not SERIES_NAME_RE.fullmatch(name):
             _slow_check(points, name_length_max)
     position = {name: i for i, name in enumerate(names)}
     idx = np.fromiter(map(position.__getitem__, series), np.uint32, count=len(series))

@@ -13,6 +13,8 @@ AGGREGATIONS = ("sum", "mean", "avg", "min", "max", "count")
 
 def aggregate(values: np.ndarray, how: str) -> float | int | None:
     """One aggregate over all values; None for mean/min/max of no points."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}")
     if how == "count":
         return int(len(values))
     if how == "sum":
@@ -23,9 +25,7 @@ def aggregate(values: np.ndarray, how: str) -> float | int | None:
         return float(values.mean())
     if how == "min":
         return float(values.min())
-    if how == "max":
-        return float(values.max())
-    raise ValueError(f"unknown aggregation {how!r}")
+    return float(values.max())
 
 
 def aggregate_buckets(

@@ -33,27 +33,35 @@ def _encode(cols: Columns, lo: int, hi: int) -> bytes:
 
 
 def _fit(cols: Columns, lo: int, estimate: int) -> tuple[int, bytes]:
-    """The largest prefix starting at lo, near ``estimate`` points, that fits BLOCK_BYTES_MAX."""
+    """The longest run from ``lo`` (searched near ``estimate`` points) that fits a block.
+
+    A bracketed search: ``good`` points are known to fit, ``bad`` known not to; each try
+    interpolates by bytes per point and stays strictly inside the bracket, so it ends in at
+    most ``_FIT_TRIES_MAX`` encodes with a block of BLOCK_BYTES_MIN..MAX bytes whenever the
+    data allows one.
+    """
     n = len(cols)
-    best_hi, best = lo, b""
-    hi = min(n, lo + max(1, estimate))
+    good, good_data = 0, b""
+    bad = n - lo + 1
+    guess = min(max(1, estimate), n - lo)
     for _ in range(_FIT_TRIES_MAX):
-        data = _encode(cols, lo, hi)
+        data = _encode(cols, lo, lo + guess)
         if len(data) <= BLOCK_BYTES_MAX:
-            if hi > best_hi:
-                best_hi, best = hi, data
-            if len(data) >= BLOCK_BYTES_MIN or hi == n:
+            good, good_data = guess, data
+            if len(data) >= BLOCK_BYTES_MIN or guess == n - lo:
                 break
-            grow = max(1, int((hi - lo) * (BLOCK_BYTES_MAX / max(len(data), 1) - 1) * 0.9))
-            hi = min(n, hi + grow)
         else:
-            shrink = int((hi - lo) * BLOCK_BYTES_MAX / len(data) * 0.99)
-            hi = lo + max(1, min(shrink, hi - lo - 1))
-            if hi <= best_hi:
-                break
-    if best_hi == lo:  # even one point is too big: impossible for this codec, but stay safe
-        best_hi, best = lo + 1, _encode(cols, lo, lo + 1)
-    return best_hi, best
+            bad = guess
+        if bad - good <= 1:
+            break
+        target = (BLOCK_BYTES_MIN + BLOCK_BYTES_MAX) / 2
+        scaled = int(guess * target / max(len(data), 1))
+        guess = min(max(scaled, good + 1), bad - 1)
+        if guess in (good, bad):
+            guess = (good + bad) // 2
+    if good == 0:  # even one point is too big: impossible for this codec, but stay safe
+        return lo + 1, _encode(cols, lo, lo + 1)
+    return lo + good, good_data
 
 
 def cut_blocks(cols: Columns) -> tuple[list[Block], Columns]:

@@ -287,7 +287,8 @@ class Storage:
                     seq, min_ts, count = keys.unpack_index_value(value)
                     if min_ts > end:
                         break
-                    total += count
+                    if min_ts >= start and keys.unpack_index_key(key)[1] <= end:
+                        total += count  # only blocks wholly inside: a lower bound
                     if total > points_max:
                         raise BadRequest(
                             f"the range holds more than {points_max} points: narrow it "

@@ -47,9 +47,13 @@ class Segment:
     """Zero-copy reader over one segment value; valid while its LMDB transaction lives."""
 
     def __init__(self, buf: memoryview | bytes) -> None:
+        if len(buf) < _HEADER.size:
+            raise ValueError("segment shorter than its header")
         fmt, n_series, n_points = _HEADER.unpack_from(buf, 0)
         if fmt != SEGMENT_FORMAT:
             raise ValueError(f"unknown segment format {fmt}")
+        if len(buf) != _HEADER.size + 24 * n_points + 4 * (2 * n_series + 1):
+            raise ValueError(f"segment of {len(buf)} bytes does not hold {n_points} points")
         pos = _HEADER.size
         self.ts = np.frombuffer(buf, np.int64, n_points, pos)
         pos += 8 * n_points
