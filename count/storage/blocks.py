@@ -1,10 +1,12 @@
-"""Cutting a series' sorted points into compressed blocks that fill LMDB pages.
+"""Cutting a series' sorted points into compressed blocks that fill LMDB pages exactly.
 
-LMDB stores a value of up to about 2,000 bytes inside a leaf page (two per 4 KiB page) and
-anything larger in whole overflow pages, so a 2,100-byte block would waste half its pages.
-Full blocks are therefore cut to land just under ``BLOCK_BYTES_MAX``; full blocks are appended
-in key order, which keeps their leaf pages packed. What is left over after the last full block
-is the series' tail, rewritten as new points arrive until it fills.
+LMDB stores a value over about 2 KiB in whole overflow pages, one 16-byte header for the
+run, so a value of 2 x 4096 - 16 = 8,176 bytes fills two pages to the byte and one of 8,200
+would waste most of a third. Full blocks are therefore cut to land just under
+``BLOCK_BYTES_MAX`` (about 7,400 points of typical metrics, so a range read decodes few
+blocks and the per-block codec overhead is small); they are appended in key order. What is
+left over after the last full block is the series' tail, rewritten as new points arrive
+until it fills; at a clean stop tails are packed together (``segments.build_pack``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import NamedTuple
 from count.storage.codec import encode_block
 from count.storage.merge import Columns
 
-# Largest value LMDB keeps inline with an 8-byte key on 4 KiB pages is 2,022 bytes; leave room.
-BLOCK_BYTES_MAX = 2000
-# A full block is at least this big, so two of them fill at least 97% of a page.
-BLOCK_BYTES_MIN = 1940
+PAGE_BYTES = 4096
+_OVERFLOW_HEADER_BYTES = 16
+BLOCK_PAGES = 2
+BLOCK_BYTES_MAX = BLOCK_PAGES * PAGE_BYTES - _OVERFLOW_HEADER_BYTES
+# A full block is at least this big, so its pages are at least 99% full.
+BLOCK_BYTES_MIN = BLOCK_BYTES_MAX - 80
 _FIT_TRIES_MAX = 8
 
 
@@ -64,25 +68,31 @@ def _fit(cols: Columns, lo: int, estimate: int) -> tuple[int, bytes]:
     return lo + good, good_data
 
 
-def cut_blocks(cols: Columns) -> tuple[list[Block], Columns]:
+def cut_blocks(cols: Columns, bytes_per_point_hint: float | None = None
+               ) -> tuple[list[Block], Columns, bytes]:
     """Split sorted, unique points into full blocks and the remainder that does not fill one.
 
-    Returns (full blocks in time order, remainder columns).
+    Returns (full blocks in time order, remainder, remainder encoded). The hint (bytes per
+    point of similar data, e.g. the series' old tail) saves encoding everything up front.
     """
     n = len(cols)
-    whole = _encode(cols, 0, n) if n else b""
-    if len(whole) < BLOCK_BYTES_MIN:
-        return [], cols
-    per_point = len(whole) / n
+    if n == 0:
+        return [], cols, b""
+    per_point = bytes_per_point_hint
+    if per_point is None or n * per_point < BLOCK_BYTES_MIN * 1.1:
+        whole = _encode(cols, 0, n)
+        if len(whole) < BLOCK_BYTES_MIN:
+            return [], cols, whole
+        per_point = len(whole) / n
     blocks: list[Block] = []
     lo = 0
     while lo < n:
-        estimate = int(BLOCK_BYTES_MAX / per_point * 0.985)
+        estimate = int(BLOCK_BYTES_MAX / per_point * 0.99)
         hi, data = _fit(cols, lo, estimate)
         if len(data) < BLOCK_BYTES_MIN and hi == n:
-            break  # the remainder becomes the tail
+            rest = Columns(cols.ts[lo:], cols.val[lo:], cols.ver[lo:])
+            return blocks, rest, data
         blocks.append(Block(data, int(cols.ts[lo]), int(cols.ts[hi - 1]), hi - lo))
         per_point = len(data) / (hi - lo)
         lo = hi
-    rest = Columns(cols.ts[lo:], cols.val[lo:], cols.ver[lo:])
-    return blocks, rest
+    return blocks, Columns(cols.ts[n:], cols.val[n:], cols.ver[n:]), b""

@@ -296,6 +296,12 @@ class _Reader:
         return (u >> 1) ^ -(u & 1)
 
 
+def _trailing_zeros(value: int) -> int:
+    """Trailing zero bits of a 64-bit two's complement value (0 for 0)."""
+    value &= (1 << 64) - 1
+    return (value & -value).bit_length() - 1 if value else 0
+
+
 def _varint(value: int) -> bytes:
     """Unsigned LEB128 encoding of 0 <= value < 2**64."""
     out = bytearray()
@@ -472,11 +478,16 @@ def _encode_versions(versions: np.ndarray) -> tuple[bool, bytes]:
     if len(run_starts) == 0:
         return False, first
     run_values = versions[np.concatenate(([0], run_starts))]
+    steps = np.diff(run_values).view(_I64)
+    # Versions carry constant low bits (the coordinator's tag, an idle logical counter), so
+    # every step is a multiple of a power of two: code step >> shift (exact, sign kept).
+    shift = _trailing_zeros(int(np.bitwise_or.reduce(steps)))
     parts = [
         first,
         _varint(len(run_starts) - 1),  # number of runs - 2
         _varint(int(run_starts[0]) - 1),  # first run's length - 1
-        _encode_int_stream(np.diff(run_values).view(_I64)),
+        _varint(shift),
+        _encode_int_stream(steps >> shift),
         _encode_int_stream(np.diff(run_starts)),  # inner runs' lengths
     ]
     return True, b"".join(parts)
@@ -490,9 +501,14 @@ def _decode_versions(reader: _Reader, count: int, runs: bool) -> np.ndarray:
     first_length = reader.varint() + 1
     if run_count > count or first_length > count - run_count + 1:
         raise ValueError("corrupt block: bad version runs")
+    shift = reader.varint()
+    if shift > 63:
+        raise ValueError("corrupt block: bad version step shift")
     run_values = np.empty(run_count, dtype=_U64)
     run_values[0] = first
-    _decode_int_stream(reader, run_values[1:].view(_I64))
+    steps = run_values[1:].view(_I64)
+    _decode_int_stream(reader, steps)
+    np.left_shift(steps, shift, out=steps)
     np.cumsum(run_values, out=run_values)
     lengths = np.empty(run_count, dtype=_I64)
     lengths[0] = first_length

@@ -18,15 +18,14 @@ import numpy as np
 
 from count.storage import keys
 from count.storage.blocks import Block, cut_blocks
-from count.storage.codec import decode_block, encode_block
-from count.storage.merge import Columns, merge_sorted
+from count.storage.codec import decode_block
+from count.storage.merge import Columns, concat, merge_sorted, resolve_by_series
 from count.storage.segments import Segment
 
 if TYPE_CHECKING:
     from count.storage.engine import Storage
 
-SERIES_PER_STEP = 64
-_TS_MAX = np.iinfo(np.int64).max
+SERIES_PER_STEP = 16
 
 
 class Compaction:
@@ -47,26 +46,37 @@ class Compaction:
         found = (txn.get(k, db=db) for k in self.segment_keys)
         return [Segment(data) for data in found if data is not None]
 
+    def _gather(self, first_sid: int, last_sid: int) -> list[tuple[int, Columns]]:
+        """The segments' points for a run of series ids, resolved by LWW, per series."""
+        sids, parts, ranks = [], [], []
+        with self.storage.env.begin(buffers=True) as txn:
+            for rank, segment in enumerate(self._segments(txn)):
+                sid, cols = segment.gather(first_sid, last_sid)
+                sids.append(sid)
+                parts.append(cols)
+                ranks.append(np.full(len(sid), rank, np.int64))
+        sid, cols = resolve_by_series(np.concatenate(sids), concat(parts), np.concatenate(ranks))
+        ids, starts = np.unique(sid, return_index=True)
+        bounds = np.append(starts, len(sid))
+        return [(int(ids[k]), Columns(cols.ts[bounds[k]:bounds[k + 1]],
+                                      cols.val[bounds[k]:bounds[k + 1]],
+                                      cols.ver[bounds[k]:bounds[k + 1]]))
+                for k in range(len(ids))]
+
     def step(self) -> bool:
         """Compact the next few series; True when the job is finished."""
         if self.position >= len(self.pending):
             self._finish()
             return True
         chunk = self.pending[self.position:self.position + SERIES_PER_STEP]
-        gathered: list[tuple[int, Columns]] = []
-        with self.storage.env.begin(buffers=True) as txn:
-            segments = self._segments(txn)
-            for sid in chunk.tolist():
-                parts = [c for c in (s.series(sid, 0, _TS_MAX) for s in segments) if c is not None]
-                gathered.append((sid, merge_sorted(parts)))
+        gathered = self._gather(int(chunk[0]), int(chunk[-1]))
         db = self.storage.db
         first_block = self.storage.next_block
 
         def body(txn: lmdb.Transaction) -> int:
             next_block = first_block
             for sid, cols in gathered:
-                if len(cols):
-                    next_block = fold_series(txn, db, sid, cols, next_block)
+                next_block = fold_series(txn, db, sid, cols, next_block)
             return next_block
 
         self.storage.next_block = self.storage.transact(body)
@@ -124,10 +134,10 @@ def fold_series(
         cur = txn.cursor(db["bindex"])
         later = cur.set_range(keys.index_key(sid, int(merged.ts[-1]) + 1))
         to_tail = not (later and cur.key()[:4] == prefix)
-    full, rest = cut_blocks(merged)
+    hint = len(tail_data) / len(tail) if tail is not None else None
+    full, rest, rest_data = cut_blocks(merged, hint)
     if not to_tail and len(rest):
-        data = encode_block(rest.ts, rest.val, rest.ver)
-        full.append(Block(data, int(rest.ts[0]), int(rest.ts[-1]), len(rest)))
+        full.append(Block(rest_data, int(rest.ts[0]), int(rest.ts[-1]), len(rest)))
     for key, seq in replaced:
         txn.delete(key, db=db["bindex"])
         txn.delete(keys.seq_key(seq), db=db["blocks"])
@@ -138,7 +148,7 @@ def fold_series(
         next_block += 1
     if to_tail:
         if len(rest):
-            txn.put(prefix, encode_block(rest.ts, rest.val, rest.ver), db=db["tails"])
+            txn.put(prefix, rest_data, db=db["tails"])
         elif tail_data is not None:
             txn.delete(prefix, db=db["tails"])
     return next_block

@@ -34,7 +34,7 @@ from count.storage.buffer import MemoryBuffer
 from count.storage.codec import block_header, decode_block
 from count.storage.compaction import Compaction
 from count.storage.merge import EMPTY, Columns, merge_sorted
-from count.storage.segments import Segment, build_segment
+from count.storage.segments import Segment, build_pack, build_segment
 from count.storage.wal import decode_wal_record, encode_wal_record
 
 log = logging.getLogger("count.storage")
@@ -45,12 +45,15 @@ DATABASES = ("series", "series_names", "wal", "segments", "tails", "blocks", "bi
 # A map that cannot grow this many times in a row means the disk is the limit.
 MAP_GROWTH_TRIES_MAX = 12
 MAP_SIZE_MAX_BYTES = 1 << 44
-# Compaction starts once this many segments wait, or when the node is idle.
-SEGMENTS_MAX = 32
+# Compaction starts once this many segments wait, or when the node is idle. Each flush
+# segment holds MEMORY_BUFFER_SIZE points: with the default that is 1.28 M points, so a
+# burst of ingest is not slowed by compaction until then.
+SEGMENTS_MAX = 128
+# A tail pack written at a clean stop holds about this many bytes of tails.
+PACK_BYTES_MAX = 1 << 20
 # At a clean stop the file is rewritten without free pages when they are this share of it.
 COMPACT_COPY_FREE_RATIO = 0.10
 _COMPACT_DIR = "compact.tmp"
-_TS_MAX = np.iinfo(np.int64).max
 
 
 @dataclasses.dataclass
@@ -349,8 +352,8 @@ class Storage:
     def _repack(self, name: str) -> None:
         """Rewrite a database in key order with MDB_APPEND so that its leaf pages are full.
 
-        Random inserts leave B-tree leaves about half full; the tails and the block index
-        are small next to the blocks, so rewriting them at a clean stop is cheap.
+        Random inserts leave B-tree leaves about half full; the block index is small next
+        to the blocks, so rewriting it at a clean stop is cheap.
         """
         with self.env.begin() as txn:
             items = [(bytes(k), bytes(v)) for k, v in txn.cursor(self.db[name])]
@@ -360,6 +363,30 @@ class Storage:
             txn.cursor(self.db[name]).putmulti(items, append=True)
 
         self.transact(body)
+
+    def _pack_tails(self) -> None:
+        """Move every tail into tail packs (segments of compressed blocks) that fill pages."""
+        with self.env.begin() as txn:
+            items = [(keys.unpack_u32(k), bytes(v)) for k, v in txn.cursor(self.db["tails"])]
+        packs: list[bytes] = []
+        start = 0
+        while start < len(items):
+            end, size = start, 0
+            while end < len(items) and size < PACK_BYTES_MAX:
+                size += len(items[end][1])
+                end += 1
+            packs.append(build_pack(items[start:end]))
+            start = end
+        first = self._next_segment
+
+        def body(txn: lmdb.Transaction) -> None:
+            for i, pack in enumerate(packs):
+                txn.put(keys.seq_key(first + i), pack, db=self.db["segments"], append=True)
+            txn.drop(self.db["tails"], delete=False)
+
+        self.transact(body)
+        self._segment_keys.extend(keys.seq_key(first + i) for i in range(len(packs)))
+        self._next_segment += len(packs)
 
     def _free_ratio(self) -> float:
         with self.env.begin() as txn:
@@ -396,7 +423,7 @@ class Storage:
         if clean:
             self.flush()
             self.compact_all()
-            self._repack("tails")
+            self._pack_tails()
             self._repack("bindex")
             ratio = self._free_ratio()
             if ratio >= COMPACT_COPY_FREE_RATIO:

@@ -45,6 +45,28 @@ def resolve(ts: np.ndarray, val: np.ndarray, ver: np.ndarray, rank: np.ndarray) 
     return Columns(ts[chosen], val[chosen], ver[chosen])
 
 
+def resolve_by_series(sid: np.ndarray, cols: Columns, rank: np.ndarray) -> tuple[np.ndarray, Columns]:
+    """Many series at once: sort by (series, timestamp), keep the highest (version, rank).
+
+    Returns the series id of each kept point and the kept points, grouped by series.
+    """
+    order = np.lexsort((rank, cols.ver, cols.ts, sid))
+    sid_sorted, ts_sorted = sid[order], cols.ts[order]
+    keep = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        keep[:-1] = (sid_sorted[1:] != sid_sorted[:-1]) | (ts_sorted[1:] != ts_sorted[:-1])
+    chosen = order[keep]
+    return sid[chosen], Columns(cols.ts[chosen], cols.val[chosen], cols.ver[chosen])
+
+
+def concat(parts: list[Columns]) -> Columns:
+    """Columns one after another (no sorting)."""
+    if not parts:
+        return EMPTY
+    return Columns(np.concatenate([p.ts for p in parts]), np.concatenate([p.val for p in parts]),
+                   np.concatenate([p.ver for p in parts]))
+
+
 def dedupe_arrivals(cols: Columns) -> Columns:
     """Sorted, one point per timestamp, from columns in arrival order."""
     return resolve(cols.ts, cols.val, cols.ver, np.arange(len(cols)))
@@ -66,16 +88,7 @@ def merge_sorted(parts: list[Columns]) -> Columns:
         parts[a].ts[-1] < parts[b].ts[0] for a, b in zip(by_start, by_start[1:], strict=False)
     )
     if disjoint:
-        ordered = [parts[i] for i in by_start]
-        return Columns(
-            np.concatenate([p.ts for p in ordered]),
-            np.concatenate([p.val for p in ordered]),
-            np.concatenate([p.ver for p in ordered]),
-        )
+        return concat([parts[i] for i in by_start])
     rank = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
-    return resolve(
-        np.concatenate([p.ts for p in parts]),
-        np.concatenate([p.val for p in parts]),
-        np.concatenate([p.ver for p in parts]),
-        rank,
-    )
+    joined = concat(parts)
+    return resolve(joined.ts, joined.val, joined.ver, rank)

@@ -126,7 +126,7 @@ def test_compaction_of_nothing_is_harmless(store):
 
 def test_first_compaction_cuts_full_blocks_and_a_tail(store):
     model = Model()
-    put(store, model, "s", walk(8000), 1)
+    put(store, model, "s", walk(30000), 1)
     settle(store)
     assert block_count(store, "s") >= 3
     assert has_tail(store, "s")
@@ -147,9 +147,9 @@ def test_small_series_live_in_their_tail(store):
 
 def test_appends_grow_the_tail_into_blocks(store):
     model = Model()
-    points = noise(3000)
-    for lo in range(0, 3000, 150):
-        put(store, model, "s", points[lo:lo + 150], 1 + lo)
+    points = noise(12000)
+    for lo in range(0, 12000, 600):
+        put(store, model, "s", points[lo:lo + 600], 1 + lo)
         settle(store)
         check_all(store, model)
         check_stored(store, model)
@@ -160,8 +160,8 @@ def test_appends_grow_the_tail_into_blocks(store):
                                    "after", "everywhere"])
 def test_late_points_are_folded_in_place(store, where):
     model = Model()
-    first = noise(2000, 0, t0=T0)
-    second = noise(2000, 1, t0=T0 + 10**8)  # leaves a gap between the two runs
+    first = noise(8000, 0, t0=T0)
+    second = noise(8000, 1, t0=T0 + 10**8)  # leaves a gap between the two runs
     put(store, model, "s", first, 10)
     settle(store)
     put(store, model, "s", second, 11)
@@ -197,7 +197,7 @@ def _exactly_filled(n_max: int, seed: int):
     pts = walk(n_max, seed)
     cols = Columns(np.array([p[0] for p in pts], np.int64), np.array([p[1] for p in pts]),
                    np.ones(len(pts), np.uint64))
-    blocks, _ = cut_blocks(cols)
+    blocks, _, _ = cut_blocks(cols)
     total = 0
     for block in blocks:
         total += block.count

@@ -246,7 +246,7 @@ def test_reopen_keeps_every_point(path, clean, stage):
     assert reopened.list_series("", 100) == model.names()
     if clean:
         stats = reopened.stats()
-        assert stats["buffer_points"] == 0 and stats["segments"] == 0
+        assert stats["buffer_points"] == 0 and stats["tails"] == 0  # tails moved into packs
     check_layout(reopened)
     reopened.close()
 
@@ -487,7 +487,7 @@ def test_random_operations_match_the_model(path, seed, monkeypatch):
         elif op < 0.96:
             storage.close(clean=True)
             storage = open_storage(path)
-            assert storage.stats()["segments"] == 0 and storage.stats()["buffer_points"] == 0
+            assert storage.stats()["tails"] == 0 and storage.stats()["buffer_points"] == 0
             _verify_all(storage, model, context + " after clean reopen")
         else:  # crash: whatever is in the buffer, the segments or a running compaction
             storage.close(clean=False)
