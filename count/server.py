@@ -103,6 +103,12 @@ class Supervisor:
         return code
 
 
+# glibc returns freed blocks over 128 KiB to the kernel at once, so every large numpy
+# temporary of a range read page-faults afresh (about 3x slower reads on a VM). Keeping up
+# to 128 MiB of freed memory in the process avoids that; an operator's own values win.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+
 def main() -> None:
     try:
         config = load_config(os.environ)
@@ -115,6 +121,8 @@ def main() -> None:
     except OSError as exc:
         sys.stderr.write(f"count-server: configuration error: DATA_DIR: {exc}\n")
         sys.exit(2)
+    for name, value in MALLOC_TUNING.items():
+        os.environ.setdefault(name, value)  # read by the children, which start afresh
     sys.exit(Supervisor(config).run())
 
 

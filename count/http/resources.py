@@ -9,7 +9,7 @@ import orjson
 from count.broker.client import NodeClient
 from count.config import Config
 from count.errors import BadRequest, PayloadTooLarge
-from count.http.jsonout import render_objects
+from count.http.jsonout import render_objects, render_points
 from count.http.points import TIMESTAMP_MAX_MS, check_series_name, parse_points
 
 _TIME_MAX_MS = TIMESTAMP_MAX_MS
@@ -82,7 +82,7 @@ class RangeQuery(Base):
         ts = np.frombuffer(reply["ts"], np.int64)
         val = np.frombuffer(reply["val"], np.float64)
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = render_objects([("timestamp", ts), ("value", val)])
+        resp.data = render_points(ts, val)
 
 
 class AggregatedQuery(Base):

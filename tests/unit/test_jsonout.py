@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from count.http.jsonout import render_objects
+from count.http.jsonout import render_objects, render_points
 
 I64 = st.integers(-(2**63), 2**63 - 1)
 FINITE = st.one_of(
@@ -134,3 +134,48 @@ def test_float_only_column_round_trips(values):
     parsed = orjson.loads(render_objects([("value", col)]))
     assert [bits(p["value"]) for p in parsed] == [bits(v) for v in col.tolist()]
     assert all(math.isfinite(p["value"]) for p in parsed)
+
+
+# -- render_points: the range-query renderer (fixed-width fast path and its fallback) ------
+
+TIMESTAMPS = st.integers(0, 253_402_300_799_999)
+
+
+def check_points(ts: np.ndarray, values: np.ndarray) -> None:
+    data = render_points(ts, values)
+    for parsed in both_parsers(data):
+        assert [p["timestamp"] for p in parsed] == ts.tolist()
+        assert [p["value"] for p in parsed] == values.tolist()
+        assert all(set(p) == {"timestamp", "value"} for p in parsed)
+        assert all(isinstance(p["value"], float) for p in parsed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(TIMESTAMPS, st.integers(-(10**12), 10**12), st.integers(0, 3)),
+                min_size=1, max_size=60))
+def test_render_points_decimals_round_trip(rows):
+    ts = np.array([t for t, _, _ in rows], np.int64)
+    decimals = max(d for _, _, d in rows)
+    values = np.array([m / 10**d for _, m, d in rows], np.float64)
+    values[values == 0] = 0.0  # -0.0 takes the fallback, tested below
+    assert len(render_points(ts, values)) > 0 and decimals <= 3
+    check_points(ts, values)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(TIMESTAMPS, FINITE), min_size=1, max_size=40))
+def test_render_points_any_float_round_trips(rows):
+    check_points(np.array([t for t, _ in rows], np.int64),
+                 np.array([v for _, v in rows], np.float64))
+
+
+def test_render_points_sign_and_width_edges():
+    values = np.array([-0.5, -9999.5, -10000.25, 0.001, -0.001, 123456789012.5, 7.0, -0.0])
+    ts = np.arange(len(values), dtype=np.int64) * 10**12
+    check_points(ts[:-1], values[:-1])  # decimals: fast path
+    check_points(ts, values)  # -0.0: fallback path keeps the sign
+    assert orjson.loads(render_points(ts, values))[-1]["value"] == 0.0
+
+
+def test_render_points_empty():
+    assert render_points(np.empty(0, np.int64), np.empty(0, np.float64)) == b"[]"
