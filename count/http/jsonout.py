@@ -72,10 +72,10 @@ def _decimals(values: np.ndarray) -> int | None:
     """The fewest decimal places that print every value exactly, or None if none do."""
     if not np.isfinite(values).all() or (np.signbit(values) & (values == 0)).any():
         return None
+    if np.abs(values).max(initial=0) >= _SAFE_INT / _POW10[DECIMALS_MAX]:
+        return None
     for d in range(1, DECIMALS_MAX + 1):
         scaled = np.round(values * _POW10[d])
-        if np.abs(scaled).max(initial=0) >= _SAFE_INT:
-            return None
         if np.array_equal(scaled / _POW10[d], values):
             return d
     return None
