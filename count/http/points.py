@@ -20,7 +20,11 @@ from count.errors import BadRequest
 # Latest accepted timestamp: 9999-12-31T23:59:59.999Z in Unix milliseconds.
 TIMESTAMP_MAX_MS = 253_402_300_799_999
 SERIES_NAME_RE = re.compile(r"[A-Za-z0-9._\-/:]+")
-_FIELDS = itemgetter("series", "timestamp", "value")
+_SERIES, _TIMESTAMP, _VALUE = itemgetter("series"), itemgetter("timestamp"), itemgetter("value")
+# Names already checked in this worker, so a batch of known series skips the regex; cleared
+# when full, which only costs re-checking.
+_CHECKED_NAMES: set[str] = set()
+CHECKED_NAMES_MAX = 100_000
 
 
 class PointColumns(NamedTuple):
@@ -89,7 +93,9 @@ def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> Po
         raise BadRequest(f"{len(points)} points in one request; at most {batch_points_max} "
                          "(MAX_BATCH_POINTS)")
     try:
-        series, stamps, values = zip(*map(_FIELDS, points), strict=True)
+        series = list(map(_SERIES, points))
+        stamps = list(map(_TIMESTAMP, points))
+        values = list(map(_VALUE, points))
     except (TypeError, KeyError):
         _slow_check(points, name_length_max)
     if (set(map(type, stamps)) != {int} or not set(map(type, values)) <= {int, float}
@@ -103,10 +109,14 @@ def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> Po
     if (ts.min() < 0 or ts.max() > TIMESTAMP_MAX_MS or not np.isfinite(val).all()):
         _slow_check(points, name_length_max)
     names = list(dict.fromkeys(series))
-    for name in names:
+    unchecked = [name for name in names if name not in _CHECKED_NAMES]
+    for name in unchecked:
         # the pattern admits ASCII only, so characters are bytes
         if len(name) > name_length_max or not SERIES_NAME_RE.fullmatch(name):
             _slow_check(points, name_length_max)
+    if len(_CHECKED_NAMES) + len(unchecked) > CHECKED_NAMES_MAX:
+        _CHECKED_NAMES.clear()
+    _CHECKED_NAMES.update(unchecked)
     position = {name: i for i, name in enumerate(names)}
     idx = np.fromiter(map(position.__getitem__, series), np.uint32, count=len(series))
     return PointColumns(names, idx, ts, val)

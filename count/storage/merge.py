@@ -45,12 +45,15 @@ def resolve(ts: np.ndarray, val: np.ndarray, ver: np.ndarray, rank: np.ndarray) 
     return Columns(ts[chosen], val[chosen], ver[chosen])
 
 
-def resolve_by_series(sid: np.ndarray, cols: Columns, rank: np.ndarray) -> tuple[np.ndarray, Columns]:
+def resolve_by_series(sid: np.ndarray, cols: Columns, rank: np.ndarray | None
+                      ) -> tuple[np.ndarray, Columns]:
     """Many series at once: sort by (series, timestamp), keep the highest (version, rank).
 
-    Returns the series id of each kept point and the kept points, grouped by series.
+    Without ``rank`` the input order is the rank (lexsort is stable). Returns the series
+    id of each kept point and the kept points, grouped by series.
     """
-    order = np.lexsort((rank, cols.ver, cols.ts, sid))
+    keys = (cols.ver, cols.ts, sid) if rank is None else (rank, cols.ver, cols.ts, sid)
+    order = np.lexsort(keys)
     sid_sorted, ts_sorted = sid[order], cols.ts[order]
     keep = np.ones(len(order), dtype=bool)
     if len(order) > 1:

@@ -34,7 +34,7 @@ _HEADER = struct.Struct("<B3xIQ")
 
 def build_segment(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, ver: np.ndarray) -> bytes:
     """Encode buffer contents (arrival order) as a flush segment, resolving duplicates by LWW."""
-    kept_sid, cols = resolve_by_series(sid, Columns(ts, val, ver), np.arange(len(ts)))
+    kept_sid, cols = resolve_by_series(sid, Columns(ts, val, ver), None)
     ids, starts = np.unique(kept_sid, return_index=True)
     offsets = np.append(starts, len(kept_sid)).astype(np.uint32)
     return b"".join((
