@@ -23,7 +23,7 @@ from count.storage.versions import VersionClock, node_tag
 
 log = logging.getLogger("count.coordinator")
 
-# How long after a failed flush (disk full) the next attempt waits.
+# How long after failed background work (disk full) the next attempt waits.
 FLUSH_RETRY_S = 1.0
 SERIES_LIMIT_MAX = 100_000
 
@@ -161,7 +161,19 @@ class Coordinator:
     # -- background work -------------------------------------------------------------------
 
     def maintain(self, idle: bool) -> bool:
-        """Flush and compact as due; True if more work is waiting (poll without sleeping)."""
+        """Flush and compact as due; True if more work is waiting (poll without sleeping).
+
+        A failure here (a full disk, a bug) is logged and retried later; it must never take
+        the node process down, since reads can still be served.
+        """
+        try:
+            return self._maintain(idle)
+        except Exception:
+            log.exception("Background storage work failed; retrying in %.0f s", FLUSH_RETRY_S)
+            self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+            return False
+
+    def _maintain(self, idle: bool) -> bool:
         storage = self.storage
         now = time.monotonic()
         if storage.flush_due() and now >= self._flush_blocked_until:
@@ -170,6 +182,8 @@ class Coordinator:
             except CountError as exc:
                 self._flush_blocked_until = now + FLUSH_RETRY_S
                 log.error("Flush failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
+        if now < self._flush_blocked_until:
+            return False
         if storage.compaction is None and storage.compaction_due(idle):
             storage.start_compaction()
         # Compaction normally takes one bounded step per turn; a growing backlog of segments
@@ -182,7 +196,8 @@ class Coordinator:
             try:
                 storage.compaction_step()
             except CountError as exc:
-                log.error("Compaction step failed: %s", exc)
+                self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+                log.error("Compaction step failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
                 return False
         return storage.compaction is not None
 

@@ -19,6 +19,8 @@ from count.broker.protocol import ProtocolError, Request, pack_reply, unpack_req
 log = logging.getLogger("count.broker")
 
 GROUP_REQUESTS_MAX = 256
+# A group stops growing once its inserts hold this many points (bounds one commit's size).
+GROUP_POINTS_MAX = 1_000_000
 RECEIVE_HWM_MESSAGES = 4096
 IDLE_AFTER_S = 1.0
 POLL_MAX_MS = 200
@@ -46,7 +48,8 @@ class Router:
     def _drain(self) -> list[tuple[bytes, Request]]:
         batch: list[tuple[bytes, Request]] = []
         now_ms = int(time.time() * 1000)
-        while len(batch) < GROUP_REQUESTS_MAX:
+        points = 0
+        while len(batch) < GROUP_REQUESTS_MAX and points < GROUP_POINTS_MAX:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -65,6 +68,9 @@ class Router:
                 self.dropped_late += 1
                 continue
             batch.append((identity, req))
+            stamps = req.args.get("ts")
+            if isinstance(stamps, bytes):
+                points += len(stamps) // 8
         return batch
 
     def run(self) -> None:

@@ -19,7 +19,8 @@ from count.errors import BadRequest
 
 # Latest accepted timestamp: 9999-12-31T23:59:59.999Z in Unix milliseconds.
 TIMESTAMP_MAX_MS = 253_402_300_799_999
-SERIES_NAME_RE = re.compile(r"[A-Za-z0-9._\-/:]+")
+# A trailing '/' would be lost in the URL of /query/range/{series}, so a name may not end in one.
+SERIES_NAME_RE = re.compile(r"[A-Za-z0-9._\-/:]*[A-Za-z0-9._\-:]")
 _SERIES, _TIMESTAMP, _VALUE = itemgetter("series"), itemgetter("timestamp"), itemgetter("value")
 # Names already checked in this worker, so a batch of known series skips the regex; cleared
 # when full, which only costs re-checking.
@@ -42,7 +43,8 @@ def check_series_name(name: object, length_max: int) -> str:
         raise BadRequest(f"series name longer than {length_max} bytes (MAX_SERIES_NAME_LENGTH)")
     if not SERIES_NAME_RE.fullmatch(name):
         raise BadRequest(
-            f"series name {name[:64]!r} may only hold letters, digits, '.', '_', '-', '/' and ':'")
+            f"series name {name[:64]!r} may only hold letters, digits, '.', '_', '-', '/' and ':'"
+            " and may not end in '/'")
     return name
 
 

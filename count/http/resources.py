@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 import numpy as np
 import orjson
@@ -13,6 +15,7 @@ from count.http.jsonout import render_objects, render_points
 from count.http.points import TIMESTAMP_MAX_MS, check_series_name, parse_points
 
 _TIME_MAX_MS = TIMESTAMP_MAX_MS
+_INTEGER_RE = re.compile(r"-?[0-9]{1,20}")
 
 
 def _json(resp: falcon.Response, payload: object, status: str = falcon.HTTP_200) -> None:
@@ -27,7 +30,7 @@ def _int_param(req: falcon.Request, name: str, default: int | None, low: int, hi
         if default is None:
             raise BadRequest(f"query parameter {name!r} is required")
         return default
-    if not raw.lstrip("-").isdigit():
+    if not _INTEGER_RE.fullmatch(raw):
         raise BadRequest(f"query parameter {name!r} must be an integer, got {raw[:40]!r}")
     value = int(raw)
     if not low <= value <= high:
@@ -49,7 +52,9 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
     if declared is not None and declared > body_bytes_max:
         raise PayloadTooLarge(
             f"body of {declared} bytes is over the limit of {body_bytes_max} (MAX_BODY_BYTES)")
-    body = req.bounded_stream.read(body_bytes_max + 1)
+    # Without Content-Length (chunked), read the raw stream, bounded all the same.
+    stream = req.bounded_stream if declared is not None else req.stream
+    body = stream.read(body_bytes_max + 1)
     if len(body) > body_bytes_max:
         raise PayloadTooLarge(f"body is over the limit of {body_bytes_max} bytes (MAX_BODY_BYTES)")
     return body

@@ -51,6 +51,9 @@ MAP_SIZE_MAX_BYTES = 1 << 44
 SEGMENTS_MAX = 128
 # A tail pack written at a clean stop holds about this many bytes of tails.
 PACK_BYTES_MAX = 1 << 20
+# While flushes fail (a full disk), writes are refused (507) once the buffer holds this many
+# times MEMORY_BUFFER_SIZE, so that memory stays bounded.
+BUFFER_LIMIT_FACTOR = 4
 # At a clean stop the file is rewritten without free pages when they are this share of it.
 COMPACT_COPY_FREE_RATIO = 0.10
 _COMPACT_DIR = "compact.tmp"
@@ -68,9 +71,11 @@ class WriteRequest:
 
 
 def _is_disk_full(exc: lmdb.Error) -> bool:
-    return isinstance(exc, lmdb.DiskError) or "No space left" in str(exc) or (
-        getattr(exc, "errno", None) == errno.ENOSPC
-    )
+    """ENOSPC, or EIO: a full tmpfs or thin volume fails LMDB's page writes short."""
+    text = str(exc)
+    return (isinstance(exc, lmdb.DiskError) or "No space left" in text
+            or "Input/output error" in text
+            or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EIO))
 
 
 class Storage:
@@ -96,6 +101,7 @@ class Storage:
         self.buffer = MemoryBuffer(buffer_points)
         self.compaction: Compaction | None = None
         self.flushes = 0
+        self.flush_failing = False
         self._sids: dict[str, int] = {}
         self._segment_keys: list[bytes] = []
         self._load()
@@ -150,7 +156,8 @@ class Storage:
             except lmdb.Error as exc:
                 if _is_disk_full(exc):
                     log.error("Write failed: disk full at %s (%s)", self.path, exc)
-                    raise DiskFull(f"disk full: no room to store the write under {self.path}") from None
+                    raise DiskFull(f"disk full: no room to store the write under {self.path} "
+                                   f"({exc})") from None
                 raise
         raise DiskFull("disk full: the LMDB map could not grow enough for this write")
 
@@ -165,6 +172,10 @@ class Storage:
 
     def write(self, requests: list[WriteRequest]) -> None:
         """Make a group of requests durable with one commit, then readable from the buffer."""
+        if self.flush_failing and len(self.buffer) >= BUFFER_LIMIT_FACTOR * self.buffer_points:
+            # Flushes are failing (the disk is full): stop taking writes before memory goes.
+            raise DiskFull(f"disk full: the memory buffer holds {len(self.buffer)} points that "
+                           "cannot be flushed")
         created: dict[str, int] = {}
 
         def body(txn: lmdb.Transaction) -> tuple[np.ndarray, ...]:
@@ -224,7 +235,12 @@ class Storage:
             txn.drop(self.db["wal"], delete=False)
             txn.put(b"version_high", high, db=self.db["meta"])
 
-        self.transact(body)
+        try:
+            self.transact(body)
+        except DiskFull:
+            self.flush_failing = True
+            raise
+        self.flush_failing = False
         points = len(self.buffer)
         self.buffer.clear()
         self._segment_keys.append(key)

@@ -1,0 +1,162 @@
+"""Concurrent write workloads that remember what every request did, and a checker for them.
+
+Each writer thread sends batches and records every point it attempted with the outcome of
+its request: ``ack`` (201), ``rejected`` (a 4xx: definitely not stored) or ``unknown`` (a
+5xx, a timeout, a connection error: it may or may not have been stored). A thread writes
+its attempts in order, so for each (series, timestamp) the checker knows which values may
+legitimately be there after a crash: the last acknowledged one, or one of the unknown ones
+attempted after it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from tests.e2e.conftest import CountNode
+
+Key = tuple[str, int]
+Batch = list[dict[str, Any]]
+
+
+class PointLog:
+    """Every attempted point, per key, in the order its (single) writer thread sent it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.attempts: dict[Key, list[tuple[float, str]]] = collections.defaultdict(list)
+        self.statuses: collections.Counter[Any] = collections.Counter()
+        self.errors: list[str] = []
+
+    def record(self, batch: Batch, outcome: str, status: Any) -> None:
+        with self._lock:
+            self.statuses[status] += 1
+            for p in batch:
+                self.attempts[(p["series"], p["timestamp"])].append((float(p["value"]), outcome))
+
+    def note(self, message: str) -> None:
+        with self._lock:
+            if len(self.errors) < 50:
+                self.errors.append(message)
+
+    def acked_now(self, series: str) -> dict[int, float]:
+        """{timestamp: value} of the points of ``series`` whose last attempt so far was acked."""
+        with self._lock:
+            return {ts: attempts[-1][0] for (s, ts), attempts in self.attempts.items()
+                    if s == series and attempts[-1][1] == "ack"}
+
+    def acked_points(self) -> int:
+        return sum(1 for a in self.attempts.values() if any(o == "ack" for _, o in a))
+
+    def allowed(self, key: Key) -> tuple[set[float], bool]:
+        """(values the key may hold, whether it may be absent)."""
+        attempts = [a for a in self.attempts.get(key, []) if a[1] != "rejected"]
+        last_ack = max((i for i, (_, o) in enumerate(attempts) if o == "ack"), default=None)
+        if last_ack is None:
+            return {v for v, _ in attempts}, True
+        return {attempts[last_ack][0]} | {v for v, o in attempts[last_ack + 1:] if o == "unknown"}, False
+
+    def series_names(self) -> set[str]:
+        return {s for s, _ in self.attempts}
+
+    def verify(self, node: CountNode) -> dict[str, Any]:
+        """Read every series back; return a report with the problems found (empty = good)."""
+        missing: list[Key] = []
+        wrong: list[tuple[Key, float, set[float]]] = []
+        phantom: list[tuple[Key, float]] = []
+        found = 0
+        by_series: dict[str, list[int]] = collections.defaultdict(list)
+        for series, ts in self.attempts:
+            by_series[series].append(ts)
+        for name in sorted(by_series):
+            rows = node.range(name)
+            stamps = [r["timestamp"] for r in rows]
+            assert stamps == sorted(set(stamps)), f"{name}: not sorted/unique"
+            got = {r["timestamp"]: r["value"] for r in rows}
+            found += len(got)
+            for ts in by_series[name]:
+                values, may_be_absent = self.allowed((name, ts))
+                if ts not in got:
+                    if not may_be_absent:
+                        missing.append((name, ts))
+                elif got[ts] not in values:
+                    wrong.append(((name, ts), got[ts], values))
+            for ts, value in got.items():
+                if (name, ts) not in self.attempts:
+                    phantom.append(((name, ts), value))
+        return {"missing": missing, "wrong": wrong, "phantom": phantom, "found": found,
+                "acked": self.acked_points()}
+
+
+def insert_outcome(session: requests.Session, node: CountNode, batch: Batch,
+                   timeout: float = 15.0) -> tuple[str, Any, str]:
+    """POST one batch; (outcome, status or exception name, response text)."""
+    body = json.dumps(batch if len(batch) != 1 else batch[0]).encode()
+    try:
+        resp = session.post(node.url("/insert"), data=body, timeout=timeout,
+                            headers={"Content-Type": "application/json"})
+    except requests.RequestException as exc:
+        return "unknown", type(exc).__name__, str(exc)[:200]
+    if resp.status_code == 201:
+        return "ack", 201, resp.text
+    if 400 <= resp.status_code < 500:
+        return "rejected", resp.status_code, resp.text[:200]
+    return "unknown", resp.status_code, resp.text[:200]
+
+
+class Writers:
+    """``threads`` writer threads, each calling ``make_batch(thread, seq, rng)`` in a loop."""
+
+    def __init__(self, node: CountNode, log: PointLog, threads: int,
+                 make_batch: Callable[[int, int, random.Random], Batch],
+                 requests_per_thread: int | None = None, seed: int = 0) -> None:
+        self.node = node
+        self.log = log
+        self.make_batch = make_batch
+        self.requests_per_thread = requests_per_thread
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i, seed), daemon=True,
+                                         name=f"writer-{i}") for i in range(threads)]
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> Writers:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, index: int, seed: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        session = requests.Session()
+        seq = 0
+        while not self.stop_event.is_set():
+            if self.requests_per_thread is not None and seq >= self.requests_per_thread:
+                break
+            batch = self.make_batch(index, seq, rng)
+            outcome, status, text = insert_outcome(session, self.node, batch)
+            self.log.record(batch, outcome, status)
+            if outcome != "ack":
+                self.log.note(f"writer {index} request {seq}: {status} {text}")
+            with self._lock:
+                self.sent += 1
+            seq += 1
+            if outcome == "unknown" and not isinstance(status, int):
+                time.sleep(0.05)  # connection refused: the node is down; do not spin
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.join(timeout)
+
+    def join(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self.threads if t.is_alive()]
+        assert not alive, f"writer threads still running after {timeout} s: {alive}"
