@@ -26,6 +26,7 @@ _SERIES, _TIMESTAMP, _VALUE = itemgetter("series"), itemgetter("timestamp"), ite
 # when full, which only costs re-checking.
 _CHECKED_NAMES: set[str] = set()
 CHECKED_NAMES_MAX = 100_000
+_SMALL_BATCH = 64
 
 
 class PointColumns(NamedTuple):
@@ -105,10 +106,15 @@ def parse_points(body: bytes, batch_points_max: int, name_length_max: int) -> Po
         _slow_check(points, name_length_max)
     try:
         ts = np.array(stamps, dtype=np.int64)
-        val = np.array(values, dtype=np.float64)
+        val = np.array(values, dtype=np.float64)  # an int beyond float64 is an OverflowError
     except OverflowError:
         _slow_check(points, name_length_max)
-    if (ts.min() < 0 or ts.max() > TIMESTAMP_MAX_MS or not np.isfinite(val).all()):
+    # orjson refuses NaN, Infinity and overflowing numbers, so every value is finite here.
+    if len(stamps) <= _SMALL_BATCH:  # numpy's reductions cost microseconds each
+        low, high = min(stamps), max(stamps)
+    else:
+        low, high = int(ts.min()), int(ts.max())
+    if low < 0 or high > TIMESTAMP_MAX_MS:
         _slow_check(points, name_length_max)
     names = list(dict.fromkeys(series))
     unchecked = [name for name in names if name not in _CHECKED_NAMES]

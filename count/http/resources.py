@@ -52,9 +52,9 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
     if declared is not None and declared > body_bytes_max:
         raise PayloadTooLarge(
             f"body of {declared} bytes is over the limit of {body_bytes_max} (MAX_BODY_BYTES)")
-    # Without Content-Length (chunked), read the raw stream, bounded all the same.
-    stream = req.bounded_stream if declared is not None else req.stream
-    body = stream.read(body_bytes_max + 1)
+    # With Content-Length read exactly that; without it (chunked) read at most one byte
+    # past the limit, so an oversized body is refused all the same.
+    body = req.stream.read(declared if declared is not None else body_bytes_max + 1)
     if len(body) > body_bytes_max:
         raise PayloadTooLarge(f"body is over the limit of {body_bytes_max} bytes (MAX_BODY_BYTES)")
     return body

@@ -1,17 +1,17 @@
 """The storage engine of one node: LMDB environment, WAL, memory buffer, segments, blocks.
 
-Write path: ``write`` puts one WAL record for a whole group of requests and commits (fsync)
-once, then appends to the memory buffer. ``flush`` turns the buffer into one segment and
+Write path: ``write`` appends one WAL record (``wal.py``, one fdatasync) for a whole group of
+requests, then appends to the memory buffer. ``flush`` turns the buffer into one segment and
 empties the WAL in one transaction. Compaction (``compaction.py``) folds segments into
 compressed per-series blocks. A range read merges blocks, the series' tail, segments and
 the buffer by last-write-wins.
 
 LMDB databases (all keys big-endian):
   series      name -> sid u32           series_names  sid -> name
-  wal         seq u64 -> WAL record     segments      seq u64 -> segment
+  segments    seq u64 -> segment
   tails       sid -> block (newest, still filling)
   blocks      seq u64 -> full block     bindex        (sid, max_ts) -> (seq, min_ts, count)
-  meta        b"version_high" -> u64
+  meta        b"version_high" -> u64, b"wal_generation" -> u64 (the last flushed)
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from count.storage.codec import block_header, decode_block
 from count.storage.compaction import Compaction
 from count.storage.merge import EMPTY, Columns, merge_sorted
 from count.storage.segments import Segment, build_pack, build_segment
-from count.storage.wal import decode_wal_record, encode_wal_record
+from count.storage.wal import WriteAheadLog, decode_points, encode_points
 
 log = logging.getLogger("count.storage")
 
 T = TypeVar("T")
 
-DATABASES = ("series", "series_names", "wal", "segments", "tails", "blocks", "bindex", "meta")
+DATABASES = ("series", "series_names", "segments", "tails", "blocks", "bindex", "meta")
 # A map that cannot grow this many times in a row means the disk is the limit.
 MAP_GROWTH_TRIES_MAX = 12
 MAP_SIZE_MAX_BYTES = 1 << 44
@@ -102,6 +102,7 @@ class Storage:
         self.compaction: Compaction | None = None
         self.flushes = 0
         self.flush_failing = False
+        self.commits = 0
         self._sids: dict[str, int] = {}
         self._segment_keys: list[bytes] = []
         self._load()
@@ -118,8 +119,6 @@ class Storage:
                 self._sids[name.decode()] = keys.unpack_u32(sid)
             last = self._last_key(txn, "series_names")
             self._next_sid = keys.unpack_u32(last) + 1 if last else 1
-            last = self._last_key(txn, "wal")
-            self._next_wal = keys.unpack_u64(last) + 1 if last else 1
             last = self._last_key(txn, "blocks")
             self.next_block = keys.unpack_u64(last) + 1 if last else 1
             self._segment_keys = [bytes(k) for k in txn.cursor(self.db["segments"]).iternext(values=False)]
@@ -127,13 +126,14 @@ class Storage:
             self._next_segment = keys.unpack_u64(last) + 1 if last else 1
             high = txn.get(b"version_high", db=self.db["meta"])
             self.version_high = keys.unpack_u64(high) if high else 0
-            replayed = 0
-            for _, record in txn.cursor(self.db["wal"]):
-                sid, ts, val, ver = decode_wal_record(record)
-                self.buffer.append(sid, ts, val, ver)
-                if len(ver):
-                    self.version_high = max(self.version_high, int(ver.max()))
-                replayed += len(ts)
+            flushed = txn.get(b"wal_generation", db=self.db["meta"])
+        self.wal = WriteAheadLog(self.path, (keys.unpack_u64(flushed) if flushed else 0) + 1)
+        replayed = 0
+        for payload in self.wal.replay():
+            sid, ts, val, ver = decode_points(payload)
+            self.buffer.append(sid, ts, val, ver)
+            self.version_high = max(self.version_high, int(ver.max()))
+            replayed += len(ts)
         log.info(
             "Storage opened at %s: %d series, %d segments, %d points replayed from the WAL",
             self.path, len(self._sids), len(self._segment_keys), replayed,
@@ -150,7 +150,9 @@ class Storage:
         for _ in range(MAP_GROWTH_TRIES_MAX):
             try:
                 with self.env.begin(write=True) as txn:
-                    return body(txn)
+                    result = body(txn)
+                self.commits += 1
+                return result
             except lmdb.MapFullError:
                 self._grow_map()
             except lmdb.Error as exc:
@@ -171,14 +173,17 @@ class Storage:
     # -- writes ----------------------------------------------------------------------------
 
     def write(self, requests: list[WriteRequest]) -> None:
-        """Make a group of requests durable with one commit, then readable from the buffer."""
+        """Make a group of requests durable with one WAL append, then readable in the buffer.
+
+        New series are committed to LMDB first, so a WAL record never names an unknown id.
+        """
         if self.flush_failing and len(self.buffer) >= BUFFER_LIMIT_FACTOR * self.buffer_points:
             # Flushes are failing (the disk is full): stop taking writes before memory goes.
             raise DiskFull(f"disk full: the memory buffer holds {len(self.buffer)} points that "
                            "cannot be flushed")
         created: dict[str, int] = {}
 
-        def body(txn: lmdb.Transaction) -> tuple[np.ndarray, ...]:
+        def create_series(txn: lmdb.Transaction) -> list[np.ndarray]:
             created.clear()
             next_sid = self._next_sid
             sid_parts = []
@@ -194,18 +199,26 @@ class Storage:
                                 append=True)
                     local[i] = sid
                 sid_parts.append(local[req.idx])
-            sid = np.concatenate(sid_parts)
-            ts = np.concatenate([r.ts for r in requests])
-            val = np.concatenate([r.val for r in requests])
-            ver = np.concatenate([np.full(len(r.ts), r.version, np.uint64) for r in requests])
-            txn.put(keys.seq_key(self._next_wal), encode_wal_record(sid, ts, val, ver),
-                    db=self.db["wal"], append=True)
-            return sid, ts, val, ver
+            return sid_parts
 
-        sid, ts, val, ver = self.transact(body)
-        self._next_wal += 1
-        self._sids.update(created)
-        self._next_sid += len(created)
+        known = all(name in self._sids for req in requests for name in req.names)
+        if known:
+            sid_parts = [np.fromiter(map(self._sids.__getitem__, req.names), np.uint32,
+                                     len(req.names))[req.idx] for req in requests]
+        else:
+            sid_parts = self.transact(create_series)
+            self._sids.update(created)
+            self._next_sid += len(created)
+        sid = np.concatenate(sid_parts)
+        ts = np.concatenate([r.ts for r in requests])
+        val = np.concatenate([r.val for r in requests])
+        ver = np.concatenate([np.full(len(r.ts), r.version, np.uint64) for r in requests])
+        try:
+            self.wal.append(encode_points(sid, ts, val, ver))
+        except OSError as exc:
+            log.error("Write failed: WAL append failed at %s (%s)", self.path, exc)
+            raise DiskFull(f"disk full: no room to store the write under {self.path} "
+                           f"({exc.strerror or exc})") from None
         self.buffer.append(sid, ts, val, ver)
         self.version_high = max(self.version_high, max(r.version for r in requests))
 
@@ -222,17 +235,18 @@ class Storage:
         return max(0.0, oldest + self.flush_interval_s - time.monotonic())
 
     def flush(self) -> None:
-        """Move the memory buffer into one segment and empty the WAL, in one commit."""
+        """Move the memory buffer into one segment, then start the WAL's next generation."""
         if not len(self.buffer):
             return
         started = time.perf_counter()
         segment = build_segment(*self.buffer.contents())
         key = keys.seq_key(self._next_segment)
         high = keys.seq_key(self.version_high)
+        generation = keys.seq_key(self.wal.generation)
 
         def body(txn: lmdb.Transaction) -> None:
             txn.put(key, segment, db=self.db["segments"], append=True)
-            txn.drop(self.db["wal"], delete=False)
+            txn.put(b"wal_generation", generation, db=self.db["meta"])
             txn.put(b"version_high", high, db=self.db["meta"])
 
         try:
@@ -241,6 +255,7 @@ class Storage:
             self.flush_failing = True
             raise
         self.flush_failing = False
+        self.wal.restart(self.wal.generation + 1)
         points = len(self.buffer)
         self.buffer.clear()
         self._segment_keys.append(key)
@@ -355,6 +370,8 @@ class Storage:
             "blocks": blocks,
             "tails": tails,
             "flushes": self.flushes,
+            "commits": self.commits,
+            "wal_appends": self.wal.appends,
             "compacting": self.compaction is not None,
             "map_size_bytes": self.env.info()["map_size"],
             "file_bytes": self.file_bytes(),
@@ -435,18 +452,21 @@ class Storage:
         shutil.rmtree(target, ignore_errors=True)
 
     def close(self, clean: bool = True) -> None:
-        """Stop: on a clean stop flush, compact, and shrink the file; then close LMDB."""
-        if clean:
-            self.flush()
-            self.compact_all()
-            self._pack_tails()
-            self._repack("bindex")
-            ratio = self._free_ratio()
-            if ratio >= COMPACT_COPY_FREE_RATIO:
-                before = self.file_bytes()
-                self._compact_copy()
-                log.info("Storage file compacted from %d to %d bytes (%.0f%% was free)",
-                         before, os.path.getsize(os.path.join(self.path, "data.mdb")),
-                         ratio * 100)
-                return
-        self.env.close()
+        """Stop: on a clean stop flush, compact, and shrink the files; then close them."""
+        if not clean:
+            self.wal.close(truncate=False)
+            self.env.close()
+            return
+        self.flush()
+        self.wal.close(truncate=True)
+        self.compact_all()
+        self._pack_tails()
+        self._repack("bindex")
+        ratio = self._free_ratio()
+        if ratio < COMPACT_COPY_FREE_RATIO:
+            self.env.close()
+            return
+        before = self.file_bytes()
+        self._compact_copy()
+        log.info("Storage file compacted from %d to %d bytes (%.0f%% was free)", before,
+                 os.path.getsize(os.path.join(self.path, "data.mdb")), ratio * 100)
