@@ -70,7 +70,7 @@ def render_objects(fields: list[tuple[str, np.ndarray]]) -> bytes:
 
 def _decimals(values: np.ndarray) -> int | None:
     """The fewest decimal places that print every value exactly, or None if none do."""
-    if not np.isfinite(values).all() or (np.signbit(values) & (values == 0)).any():
+    if not np.isfinite(values).all():
         return None
     if np.abs(values).max(initial=0) >= _SAFE_INT / _POW10[DECIMALS_MAX]:
         return None
@@ -98,12 +98,13 @@ def _integer_words(magnitude: np.ndarray, negative: np.ndarray | None) -> np.nda
             break
     groups.reverse()  # most significant first
     n, count = len(magnitude), len(groups)
-    used = np.maximum(np.searchsorted(_POW10_4, magnitude, "right"), 1)  # groups per row
     lead = 0 if negative is None else 1
     words = np.empty((n, lead + count), np.uint32)
     if lead:
         words[:, 0] = _BLANK
-    uniform = int(used.min()) == count
+    uniform = int(magnitude.min()) >= int(_POW10_4[count - 1])
+    used = (np.full(n, count) if uniform
+            else np.maximum(np.searchsorted(_POW10_4, magnitude, "right"), 1))  # groups per row
     for k, group in enumerate(groups):
         column = words[:, lead + k]
         if uniform:
@@ -131,23 +132,26 @@ def render_points(ts: np.ndarray, values: np.ndarray) -> bytes:
     decimals = _decimals(values)
     if decimals is None or int(ts.min()) < 0:
         return render_objects([("timestamp", ts), ("value", values)])
-    scaled = np.round(values * _POW10[decimals]).astype(np.int64)
-    negative = scaled < 0
-    magnitude = np.abs(scaled)
+    magnitude = np.abs(np.round(values * _POW10[decimals])).astype(np.int64)
+    negative = np.signbit(values)  # -0.0 included: it prints as -0.0
     whole, fraction = np.divmod(magnitude, _POW10[decimals])
-    pieces = [
-        _text_words('{"timestamp":'),
-        _integer_words(ts.astype(np.int64, copy=False), None),
-        _text_words(',"value":'),
-        _integer_words(whole, negative if negative.any() else None),
-        _FRACTION[decimals][fraction][:, None],
-        _text_words("},"),
-    ]
-    widths = [p.shape[-1] for p in pieces]
-    rows = np.empty((n, sum(widths)), np.uint32)
-    at = 0
-    for piece, width in zip(pieces, widths, strict=True):
-        rows[:, at:at + width] = piece
-        at += width
+    ts_words = _integer_words(ts.astype(np.int64, copy=False), None)
+    value_words = _integer_words(whole, negative if negative.any() else None)
+    # Row: ' {"timestamp":  ' <ts> ',"value":   ' <whole> <.fraction> '},  '; the constant
+    # words come from one template row, then only the numbers are written, column by column.
+    head, middle, tail = _text_words(' {"timestamp":'), _text_words(',"value":'), _text_words("},")
+    widths = [len(head), ts_words.shape[1], len(middle), value_words.shape[1], 1, len(tail)]
+    starts = np.cumsum([0] + widths)
+    template = np.zeros(starts[-1], np.uint32)
+    template[starts[0]:starts[1]] = head
+    template[starts[2]:starts[3]] = middle
+    template[starts[5]:starts[6]] = tail
+    rows = np.empty((n, starts[-1]), np.uint32)
+    rows[:] = template
+    rows[:, starts[1]:starts[2]] = ts_words
+    rows[:, starts[3]:starts[4]] = value_words
+    rows[:, starts[4]] = _FRACTION[decimals][fraction]
     rows[-1, -1] = _word("}]  ")
-    return b"[" + rows.tobytes()
+    text = rows.view(np.uint8).reshape(-1)
+    text[0] = ord("[")  # the leading space of the first row opens the array
+    return text.tobytes()

@@ -157,7 +157,6 @@ def test_render_points_decimals_round_trip(rows):
     ts = np.array([t for t, _, _ in rows], np.int64)
     decimals = max(d for _, _, d in rows)
     values = np.array([m / 10**d for _, m, d in rows], np.float64)
-    values[values == 0] = 0.0  # -0.0 takes the fallback, tested below
     assert len(render_points(ts, values)) > 0 and decimals <= 3
     check_points(ts, values)
 
@@ -172,9 +171,10 @@ def test_render_points_any_float_round_trips(rows):
 def test_render_points_sign_and_width_edges():
     values = np.array([-0.5, -9999.5, -10000.25, 0.001, -0.001, 123456789012.5, 7.0, -0.0])
     ts = np.arange(len(values), dtype=np.int64) * 10**12
-    check_points(ts[:-1], values[:-1])  # decimals: fast path
-    check_points(ts, values)  # -0.0: fallback path keeps the sign
-    assert orjson.loads(render_points(ts, values))[-1]["value"] == 0.0
+    check_points(ts, values)
+    last = orjson.loads(render_points(ts, values))[-1]["value"]
+    assert last == 0.0 and math.copysign(1.0, last) == -1.0  # -0.0 keeps its sign
+    assert b" " in render_points(ts, values)  # the fixed-width fast path took it
 
 
 def test_render_points_empty():
