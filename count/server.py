@@ -115,6 +115,12 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"count-server: configuration error: {exc}\n")
         sys.exit(2)
+    if config.cluster_enabled:
+        # Failing loudly beats running N unreplicated nodes that an operator believes are a
+        # cluster: the ring, gossip and replication are the next release.
+        sys.stderr.write("count-server: configuration error: CLUSTER_ENABLED: this build runs "
+                         "a single node only; clustering is not implemented yet\n")
+        sys.exit(2)
     install_log_filter(config.log_level, "server")
     try:
         os.makedirs(config.data_dir, exist_ok=True)

@@ -630,3 +630,13 @@ def test_lmdb_map_grows(make_node: NodeFactory) -> None:
     node.restart()
     check()
     assert node.stats()["map_size_bytes"] > 1 << 20
+
+
+def test_cluster_mode_is_refused_until_it_exists(tmp_path: Path) -> None:
+    """CLUSTER_ENABLED=true must not silently run an unreplicated single node."""
+    env = {**os.environ, "CLUSTER_ENABLED": "true", "CLUSTER_NODES": "127.0.0.1:1,127.0.0.1:2",
+           "DATA_DIR": str(tmp_path / "d"), "BIND_ADDRESS": "127.0.0.1:1"}
+    result = subprocess.run([sys.executable, "-m", "count.server"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "CLUSTER_ENABLED" in result.stderr
