@@ -31,6 +31,7 @@ import numpy as np
 from count.errors import BadRequest, DiskFull
 from count.storage import keys
 from count.storage.buffer import MemoryBuffer
+from count.storage.cache import BlockCache
 from count.storage.codec import block_header, decode_block
 from count.storage.compaction import Compaction
 from count.storage.merge import EMPTY, Columns, merge_sorted
@@ -100,6 +101,7 @@ class Storage:
         self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self.buffer = MemoryBuffer(buffer_points)
         self.compaction: Compaction | None = None
+        self.block_cache = BlockCache()
         self.flushes = 0
         self.flush_failing = False
         self.commits = 0
@@ -304,6 +306,14 @@ class Storage:
             if data is not None:
                 yield Segment(data)
 
+    def _block(self, txn: lmdb.Transaction, seq: int) -> Columns:
+        """A full block, decoded, from the cache when it is there."""
+        cols = self.block_cache.get(seq)
+        if cols is None:
+            cols = Columns(*decode_block(txn.get(keys.seq_key(seq), db=self.db["blocks"])))
+            self.block_cache.put(seq, cols)
+        return cols
+
     def read(self, name: str, start: int, end: int, points_max: int) -> Columns:
         """Every point of a series in [start, end], sorted, last write winning."""
         sid = self._sids.get(name)
@@ -327,8 +337,7 @@ class Storage:
                         raise BadRequest(
                             f"the range holds more than {points_max} points: narrow it "
                             "(MAX_QUERY_POINTS)")
-                    block = txn.get(keys.seq_key(seq), db=self.db["blocks"])
-                    parts.append(Columns(*decode_block(block)).between(start, end))
+                    parts.append(self._block(txn, seq).between(start, end))
             tail = txn.get(prefix, db=self.db["tails"])
             if tail is not None:
                 header = block_header(tail)
@@ -371,6 +380,8 @@ class Storage:
             "tails": tails,
             "flushes": self.flushes,
             "commits": self.commits,
+            "block_cache_hits": self.block_cache.hits,
+            "block_cache_misses": self.block_cache.misses,
             "wal_appends": self.wal.appends,
             "compacting": self.compaction is not None,
             "map_size_bytes": self.env.info()["map_size"],
