@@ -1,7 +1,7 @@
 """The node process's request handling: turns broker requests into storage operations.
 
 It is the coordinator of writes on this node: it assigns each insert its write version and
-commits a whole drained group of inserts with one LMDB commit (group commit), then answers
+makes a whole drained group of inserts durable with one WAL append (group commit), then answers
 reads. Errors become (status, message) replies; nothing a client sends can raise out of here.
 """
 

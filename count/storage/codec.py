@@ -678,7 +678,7 @@ def _encode_widths(widths: list[int]) -> tuple[bool, bytes]:
 
     Plain is one byte per width; compact is 2 + ceil((J - 2) / 4) bytes.
     """
-    steps = [b - a for a, b in zip(widths[:-2], widths[1:-1])]
+    steps = [b - a for a, b in zip(widths[:-2], widths[1:-1], strict=True)]
     if len(widths) < 3 or any(step not in _WIDTH_STEP_CODES for step in steps):
         return False, bytes(widths)
     packed = bytearray((len(steps) + 3) // 4)
