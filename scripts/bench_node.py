@@ -602,6 +602,18 @@ class Workload:
                   for name, value in zip(self.names, row, strict=True)]
         return orjson.dumps(points), len(points)
 
+    def columnar_body(self, request_index: int) -> tuple[bytes, int]:
+        """The same request in the columnar form ``{"series", "timestamps", "values"}``."""
+        first = request_index * BATCH_TIMESTAMPS_PER_REQUEST
+        block = self.values[:, first:first + BATCH_TIMESTAMPS_PER_REQUEST]
+        offsets = range(block.shape[1])
+        body = {
+            "series": [name for _ in offsets for name in self.names],
+            "timestamps": [self.timestamp_ms(first + o) for o in offsets for _ in self.names],
+            "values": block.T.reshape(-1).tolist(),
+        }
+        return orjson.dumps(body), block.size
+
 
 @dataclass
 class IngestStats:
@@ -704,7 +716,15 @@ def phase_batch_ingest(node: Node, sizes: Sizes) -> dict[str, Any]:
                             deadline=time.monotonic() + sizes.ingest_budget_s)
     print_ingest("1 connection", stats)
     check_ingest(stats, workload.point_count)
-    return {**stats.as_dict(), "points_per_request": bodies[0][1], "rss": rss.report()}
+    columnar = Workload.random_walks("ingest_col", sizes.ingest_series,
+                                     sizes.ingest_points_per_series, RANDOM_SEED)
+    columnar_bodies = [columnar.columnar_body(index) for index in range(columnar.request_count)]
+    columnar_stats = post_bodies(node.port, columnar_bodies, connections=1,
+                                 deadline=time.monotonic() + sizes.ingest_budget_s)
+    print_ingest("1 connection, columnar bodies", columnar_stats)
+    check_ingest(columnar_stats, columnar.point_count)
+    return {**stats.as_dict(), "points_per_request": bodies[0][1], "rss": rss.report(),
+            "columnar": columnar_stats.as_dict()}
 
 
 def percentile_ms(samples_s: Sequence[float], percent: float) -> float:
@@ -871,6 +891,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         res = results["batch_ingest"]
         rows.append(("batch ingest, 1 connection", f"{res['points_per_s']:,.0f} points/s "
                      f"({res['points_per_request']:,} points/request)", "", ""))
+        rows.append(("batch ingest, columnar bodies",
+                     f"{res['columnar']['points_per_s']:,.0f} points/s", "", ""))
     if "range_query" in results:
         res = results["range_query"]
         rows.append((f"range query, {res['series_points']:,} points",

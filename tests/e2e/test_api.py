@@ -752,3 +752,20 @@ def test_last_write_wins_through_flush_compaction_and_restart(make_node: NodeFac
     assert node.aggregate(name, "count") == len(model)
     assert node.aggregate(name, "max") == max(model.values())
     assert_series(node, filler, filler_model)
+
+
+def test_columnar_insert_reads_back(api: CountNode, series) -> None:
+    one, other = series("one"), series("other")
+    resp = api.post("/insert", json={"series": one, "timestamps": [30, 10, 20],
+                                     "values": [3.0, 1.0, 2.5]})
+    assert resp.status_code == 201 and resp.json() == {"inserted": 3}
+    assert api.range(one) == [{"timestamp": 10, "value": 1.0}, {"timestamp": 20, "value": 2.5},
+                              {"timestamp": 30, "value": 3.0}]
+    resp = api.post("/insert", json={"series": [one, other], "timestamps": [10, 10],
+                                     "values": [9.0, 4.0]})
+    assert resp.status_code == 201
+    assert api.range(one, start=10, end=10) == [{"timestamp": 10, "value": 9.0}]
+    assert api.range(other) == [{"timestamp": 10, "value": 4.0}]
+    bad = api.post("/insert", json={"series": other, "timestamps": [11, -1], "values": [1, 2]})
+    assert_error(bad, 400, "point 1")
+    assert api.range(other) == [{"timestamp": 10, "value": 4.0}]  # nothing of it stored

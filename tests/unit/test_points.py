@@ -275,3 +275,49 @@ def test_one_bad_point_anywhere_is_named(batch, data):
     batch[index] = INVALID_POINTS[case]
     with pytest.raises(BadRequest, match=rf"^point {index}: "):
         parse_points(json.dumps(batch).encode(), BATCH_MAX, NAME_MAX)
+
+
+# -- the columnar form ----------------------------------------------------------------------
+
+
+def test_columnar_one_series():
+    body = orjson.dumps({"series": "c.one", "timestamps": [3, 1, 2], "values": [1.5, 2, -3.25]})
+    cols = parse(body)
+    assert cols.names == ["c.one"]
+    assert cols.idx.tolist() == [0, 0, 0]
+    assert cols.ts.tolist() == [3, 1, 2] and cols.val.tolist() == [1.5, 2.0, -3.25]
+
+
+def test_columnar_many_series_matches_the_object_form():
+    rows = [("a", 1, 1.0), ("b", 2, 2.0), ("a", 3, 3.5), ("c", 4, -1.0)]
+    columnar = parse(orjson.dumps({"series": [r[0] for r in rows],
+                                   "timestamps": [r[1] for r in rows],
+                                   "values": [r[2] for r in rows]}))
+    objects = parse(orjson.dumps([{"series": s, "timestamp": t, "value": v} for s, t, v in rows]))
+    assert columnar.names == objects.names
+    for got, want in zip(columnar[1:], objects[1:], strict=True):
+        assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"series": "a", "timestamps": [1, 2], "values": [1.0]}, "equally long"),
+    ({"series": ["a"], "timestamps": [1, 2], "values": [1.0, 2.0]}, "equally long"),
+    ({"series": "a", "timestamps": 5, "values": [1.0]}, '"timestamps" and "values" arrays'),
+    ({"series": 7, "timestamps": [1], "values": [1.0]}, "series name or an array"),
+    ({"series": "a", "timestamps": [], "values": []}, "empty"),
+    ({"series": "a", "timestamps": [1, -2], "values": [1.0, 2.0]}, "point 1: timestamp"),
+    ({"series": "a", "timestamps": [1, 2], "values": [1.0, "x"]}, "point 1: value"),
+    ({"series": ["a", "bad name"], "timestamps": [1, 2], "values": [1.0, 2.0]}, "point 1: series"),
+    ({"series": "bad name", "timestamps": [1], "values": [1.0]}, "point 0: series"),
+    ({"series": "a", "timestamps": [1, 2.5], "values": [1.0, 2.0]}, "point 1: timestamp"),
+])
+def test_columnar_invalid(body, words):
+    with pytest.raises(BadRequest, match=re.escape(words)):
+        parse(orjson.dumps(body))
+
+
+def test_columnar_point_limit():
+    body = orjson.dumps({"series": "a", "timestamps": list(range(BATCH_MAX + 1)),
+                         "values": [1.0] * (BATCH_MAX + 1)})
+    with pytest.raises(BadRequest, match="MAX_BATCH_POINTS"):
+        parse(body)
