@@ -21,6 +21,17 @@ END = TIMESTAMP_MAX_MS
 BIG = 10**9
 
 
+def point_arrays(sid, ts, val, ver):
+    """Four lists as the (sid, ts, val, ver) arrays the buffer and segments take."""
+    return (np.asarray(sid, np.uint32), np.asarray(ts, np.int64), np.asarray(val, np.float64),
+            np.asarray(ver, np.uint64))
+
+
+def lists(c):
+    """A Columns as plain lists, for comparisons."""
+    return c.ts.tolist(), c.val.tolist(), c.ver.tolist()
+
+
 def open_storage(path, buffer_points: int = 1000) -> Storage:
     return Storage(str(path), map_size_bytes=MAP_SIZE, buffer_points=buffer_points,
                    flush_interval_s=300)

@@ -8,21 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from count.storage.segments import Segment, build_segment
+from tests.unit.storage_model import lists, point_arrays
 
 TS_MAX = np.iinfo(np.int64).max
 
 
-def arrays(sid, ts, val, ver):
-    return (np.asarray(sid, np.uint32), np.asarray(ts, np.int64), np.asarray(val, np.float64),
-            np.asarray(ver, np.uint64))
-
-
-def lists(c):
-    return c.ts.tolist(), c.val.tolist(), c.ver.tolist()
-
-
 def test_round_trip_small():
-    data = build_segment(*arrays([2, 1, 2, 1], [20, 10, 10, 5], [4.0, 3.0, 2.0, 1.0],
+    data = build_segment(*point_arrays([2, 1, 2, 1], [20, 10, 10, 5], [4.0, 3.0, 2.0, 1.0],
                                  [1, 2, 3, 4]))
     seg = Segment(data)
     assert seg.sids.tolist() == [1, 2]
@@ -31,24 +23,24 @@ def test_round_trip_small():
 
 
 def test_reader_accepts_a_memoryview():
-    data = build_segment(*arrays([7], [1], [1.5], [1]))
+    data = build_segment(*point_arrays([7], [1], [1.5], [1]))
     assert lists(Segment(memoryview(data)).series(7, 0, TS_MAX)) == ([1], [1.5], [1])
 
 
 def test_missing_sid_is_none():
-    seg = Segment(build_segment(*arrays([2, 4], [1, 1], [1.0, 1.0], [1, 1])))
+    seg = Segment(build_segment(*point_arrays([2, 4], [1, 1], [1.0, 1.0], [1, 1])))
     for sid in (0, 1, 3, 5, 2**32 - 1):
         assert seg.series(sid, 0, TS_MAX) is None
 
 
 def test_empty_segment():
-    seg = Segment(build_segment(*arrays([], [], [], [])))
+    seg = Segment(build_segment(*point_arrays([], [], [], [])))
     assert len(seg.sids) == 0
     assert seg.series(1, 0, TS_MAX) is None
 
 
 def test_range_filtering_is_inclusive():
-    seg = Segment(build_segment(*arrays([1] * 5 + [2], [10, 20, 30, 40, 50, 25],
+    seg = Segment(build_segment(*point_arrays([1] * 5 + [2], [10, 20, 30, 40, 50, 25],
                                         [1, 2, 3, 4, 5, 9], [1] * 6)))
     assert lists(seg.series(1, 20, 40))[0] == [20, 30, 40]
     assert lists(seg.series(1, 0, 10))[0] == [10]
@@ -60,7 +52,7 @@ def test_range_filtering_is_inclusive():
 
 
 def test_duplicates_resolved_by_version_then_arrival():
-    seg = Segment(build_segment(*arrays(
+    seg = Segment(build_segment(*point_arrays(
         [1, 1, 1, 1, 1, 1],
         [10, 10, 10, 20, 20, 20],
         [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
@@ -72,7 +64,7 @@ def test_duplicates_resolved_by_version_then_arrival():
 
 
 def test_duplicates_in_different_series_are_independent():
-    seg = Segment(build_segment(*arrays([1, 2, 1, 2], [5, 5, 5, 5], [1.0, 2.0, 3.0, 4.0],
+    seg = Segment(build_segment(*point_arrays([1, 2, 1, 2], [5, 5, 5, 5], [1.0, 2.0, 3.0, 4.0],
                                         [1, 1, 1, 0])))
     assert lists(seg.series(1, 0, TS_MAX)) == ([5], [3.0], [1])
     assert lists(seg.series(2, 0, TS_MAX)) == ([5], [2.0], [1])
@@ -80,21 +72,21 @@ def test_duplicates_in_different_series_are_independent():
 
 @pytest.mark.parametrize("fmt", [0, 2, 255])
 def test_bad_format_byte_raises(fmt):
-    data = bytearray(build_segment(*arrays([1], [1], [1.0], [1])))
+    data = bytearray(build_segment(*point_arrays([1], [1], [1.0], [1])))
     data[0] = fmt
     with pytest.raises(ValueError):
         Segment(bytes(data))
 
 
 def test_truncated_segment_raises():
-    data = build_segment(*arrays([1, 2, 3], [1, 2, 3], [1.0, 2.0, 3.0], [1, 1, 1]))
+    data = build_segment(*point_arrays([1, 2, 3], [1, 2, 3], [1.0, 2.0, 3.0], [1, 1, 1]))
     for cut in (len(data) - 1, len(data) - 4, 20, 16):
         with pytest.raises(ValueError):
             Segment(data[:cut])
 
 
 def test_series_returns_copies():
-    data = bytearray(build_segment(*arrays([1, 1], [1, 2], [1.0, 2.0], [1, 1])))
+    data = bytearray(build_segment(*point_arrays([1, 1], [1, 2], [1.0, 2.0], [1, 1])))
     got = Segment(data).series(1, 0, TS_MAX)
     data[16:] = bytes(len(data) - 16)  # overwrite the buffer the reader looked at
     assert lists(got) == ([1, 2], [1.0, 2.0], [1, 1])
@@ -103,7 +95,7 @@ def test_series_returns_copies():
 def test_large_sids_and_timestamps():
     sid = [2**32 - 1, 0, 2**31]
     ts = [TS_MAX, 0, 2**62]
-    seg = Segment(build_segment(*arrays(sid, ts, [1.0, 2.0, 3.0], [2**64 - 1, 0, 1])))
+    seg = Segment(build_segment(*point_arrays(sid, ts, [1.0, 2.0, 3.0], [2**64 - 1, 0, 1])))
     assert seg.sids.tolist() == [0, 2**31, 2**32 - 1]
     assert lists(seg.series(2**32 - 1, 0, TS_MAX)) == ([TS_MAX], [1.0], [2**64 - 1])
     assert lists(seg.series(0, 0, TS_MAX)) == ([0], [2.0], [0])
@@ -120,8 +112,8 @@ entry = st.tuples(st.integers(0, 40), st.integers(0, 100), st.floats(width=64),
                      max_size=8),
 )
 def test_many_series_round_trip_matches_reference(entries, queries):
-    seg = Segment(build_segment(*arrays(*zip(*entries, strict=True))
-                                if entries else arrays([], [], [], [])))
+    seg = Segment(build_segment(*point_arrays(*zip(*entries, strict=True))
+                                if entries else point_arrays([], [], [], [])))
     model: dict[int, dict[int, tuple[int, float]]] = {}
     for sid, ts, val, ver in entries:
         points = model.setdefault(sid, {})
