@@ -160,6 +160,26 @@ SETTINGS: tuple[Setting, ...] = (
             1000, 100_000_000),
     Setting("LMDB_MAP_SIZE_MB", "lmdb_map_size_mb", _parse_int, "1024",
             "Initial LMDB map size; it doubles whenever it fills.", 1, 1 << 24),
+    Setting("CLUSTER_PORT_OFFSET", "cluster_port_offset", _parse_int, "1000",
+            "Inter-node ports: gossip on the HTTP port plus this, replica traffic on the HTTP "
+            "port plus twice this.", 1, 30_000),
+    Setting("HEARTBEAT_INTERVAL_MS", "heartbeat_interval_ms", _parse_int, "1000",
+            "How often a node publishes its gossip heartbeat.", 50, 60_000),
+    Setting("FAILURE_TIMEOUT_MS", "failure_timeout_ms", _parse_int, "4000",
+            "Longest silence before a member is marked down (the phi detector may mark it "
+            "sooner).", 200, 600_000),
+    Setting("REPLICA_TIMEOUT_MS", "replica_timeout_ms", _parse_int, "2000",
+            "Deadline of one attempt of a message to a peer; then the socket is reopened "
+            "(Lazy Pirate).", 50, 600_000),
+    Setting("REPLICA_RETRIES", "replica_retries", _parse_int, "1",
+            "Attempts after the first before a peer message fails.", 0, 10),
+    Setting("MAX_HINT_WINDOW_SECONDS", "max_hint_window_seconds", _parse_int, "10800",
+            "Hints are kept for a down replica only while it has been down less than this; "
+            "past it anti-entropy repairs it.", 0, 30 * 86_400),
+    Setting("ANTI_ENTROPY_INTERVAL_SECONDS", "anti_entropy_interval_seconds", _parse_int, "60",
+            "How often a node compares Merkle digests with each peer it shares ranges with "
+            "(0 turns the background job off; POST /cluster/repair still works).",
+            0, 30 * 86_400),
 )
 
 # The original Count read its log filter from RUST_LOG; LOG_LEVEL wins when both are set.
@@ -185,6 +205,23 @@ class Config:
     max_series_name_length: int
     max_query_points: int
     lmdb_map_size_mb: int
+    cluster_port_offset: int
+    heartbeat_interval_ms: int
+    failure_timeout_ms: int
+    replica_timeout_ms: int
+    replica_retries: int
+    max_hint_window_seconds: int
+    anti_entropy_interval_seconds: int
+
+    def members(self) -> list[str]:
+        """The cluster's members as written in CLUSTER_NODES (a single node is its own member)."""
+        if not self.cluster_enabled:
+            return [str(self.bind_address)]
+        return [str(node) for node in self.cluster_nodes]
+
+    def peer_ports(self, http_port: int) -> tuple[int, int]:
+        """The (gossip, replica) ports of a node whose HTTP port is ``http_port``."""
+        return http_port + self.cluster_port_offset, http_port + 2 * self.cluster_port_offset
 
 
 def load_config(env: Mapping[str, str]) -> Config:
@@ -196,6 +233,12 @@ def load_config(env: Mapping[str, str]) -> Config:
     config = Config(**values)
     if config.cluster_enabled and not config.cluster_nodes:
         raise ConfigError("CLUSTER_NODES: must list the members when CLUSTER_ENABLED=true")
+    listed = [str(node) for node in config.cluster_nodes]
+    if len(set(listed)) != len(listed):
+        raise ConfigError("CLUSTER_NODES: lists a member more than once")
+    ports = [config.bind_address.port, *(node.port for node in config.cluster_nodes)]
+    if max(ports) + 2 * config.cluster_port_offset > 65535:
+        raise ConfigError("CLUSTER_PORT_OFFSET: the inter-node ports would be above 65535")
     return config
 
 

@@ -18,6 +18,7 @@ import sys
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
+from count.cluster.self_address import find_self
 from count.config import Config, ConfigError, load_config
 from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
 from count.logfilter import install_log_filter
@@ -36,8 +37,9 @@ def broker_endpoint(config: Config) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, self_address: str) -> None:
         self.config = config
+        self.self_address = self_address
         self.ctx = multiprocessing.get_context("spawn")
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe()
@@ -58,7 +60,7 @@ class Supervisor:
         endpoint = broker_endpoint(self.config)
         ready = self.ctx.Event()
         self.node = self.ctx.Process(target=run_node_process, name="count-node",
-                                     args=(self.config, endpoint, ready))
+                                     args=(self.config, self.self_address, endpoint, ready))
         self.node.start()
         while not ready.wait(0.2):
             if self.signals:
@@ -115,11 +117,10 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"count-server: configuration error: {exc}\n")
         sys.exit(2)
-    if config.cluster_enabled:
-        # Failing loudly beats running N unreplicated nodes that an operator believes are a
-        # cluster: the ring, gossip and replication are the next release.
-        sys.stderr.write("count-server: configuration error: CLUSTER_ENABLED: this build runs "
-                         "a single node only; clustering is not implemented yet\n")
+    try:
+        self_address = find_self(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"count-server: configuration error: {exc}\n")
         sys.exit(2)
     install_log_filter(config.log_level, "server")
     try:
@@ -129,7 +130,7 @@ def main() -> None:
         sys.exit(2)
     for name, value in MALLOC_TUNING.items():
         os.environ.setdefault(name, value)  # read by the children, which start afresh
-    sys.exit(Supervisor(config).run())
+    sys.exit(Supervisor(config, self_address).run())
 
 
 if __name__ == "__main__":

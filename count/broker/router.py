@@ -1,17 +1,15 @@
-"""The node process's ROUTER loop: receive, group, hand to the coordinator, reply.
+"""The node process's ROUTER socket for its HTTP workers: drain requests, send replies.
 
-Each turn drains what is queued (bounded by requests and points) so that every insert in the
-turn shares one commit, drops requests whose deadline has passed (their worker has already
-answered 503), and between turns runs bounded background steps. Signal handlers only set a
-flag; the loop notices it, answers what is queued, and returns.
+Each turn of the node process drains what is queued (bounded by requests and points) so
+that every insert in the turn shares one commit, and drops requests whose deadline has
+passed (their worker has already answered 503). Replies may be sent later than the turn that
+received the request (a replicated write waits for its peers).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
-
 import zmq
 
 from count.broker.protocol import ProtocolError, Request, pack_reply, unpack_request
@@ -22,22 +20,11 @@ GROUP_REQUESTS_MAX = 256
 # A group stops growing once its inserts hold this many points (bounds one commit's size).
 GROUP_POINTS_MAX = 1_000_000
 RECEIVE_HWM_MESSAGES = 4096
-IDLE_AFTER_S = 1.0
-POLL_MAX_MS = 200
-
-
-class Handler(Protocol):
-    def handle(self, requests: list[Request]) -> list[tuple[int, object]]: ...
-    def maintain(self, idle: bool) -> bool: ...
-    def next_wakeup_s(self) -> float | None: ...
 
 
 class Router:
-    def __init__(self, endpoint: str, handler: Handler, message_bytes_max: int) -> None:
-        self.handler = handler
-        self.stopping = False
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.ROUTER)
+    def __init__(self, context: zmq.Context, endpoint: str, message_bytes_max: int) -> None:
+        self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM_MESSAGES)
         self.sock.setsockopt(zmq.MAXMSGSIZE, message_bytes_max)
@@ -45,7 +32,7 @@ class Router:
         self.dropped_late = 0
         self.rejected = 0
 
-    def _drain(self) -> list[tuple[bytes, Request]]:
+    def drain(self) -> list[tuple[bytes, Request]]:
         batch: list[tuple[bytes, Request]] = []
         now_ms = int(time.time() * 1000)
         points = 0
@@ -73,29 +60,11 @@ class Router:
                 points += len(stamps) // 8
         return batch
 
-    def run(self) -> None:
-        last_request = time.monotonic()
-        more_work = False
-        while not self.stopping:
-            timeout_ms = 0 if more_work else POLL_MAX_MS
-            wake = self.handler.next_wakeup_s()
-            if wake is not None:
-                timeout_ms = min(timeout_ms, int(wake * 1000))
-            if self.sock.poll(timeout_ms, zmq.POLLIN):
-                self.serve_queued()
-                last_request = time.monotonic()
-            idle = time.monotonic() - last_request >= IDLE_AFTER_S
-            more_work = self.handler.maintain(idle)
-        self.serve_queued()
-
-    def serve_queued(self) -> None:
-        batch = self._drain()
-        if not batch:
-            return
-        results = self.handler.handle([req for _, req in batch])
-        for (identity, req), (status, body) in zip(batch, results, strict=True):
-            self.sock.send_multipart([identity, pack_reply(req.req_id, status, body)])
+    def reply(self, identity: bytes, req_id: int, status: int, body: object) -> None:
+        try:
+            self.sock.send_multipart([identity, pack_reply(req_id, status, body)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("Could not answer an HTTP worker: %s", exc)
 
     def close(self) -> None:
         self.sock.close()
-        self.context.term()

@@ -23,4 +23,7 @@ def create_app(config: Config, client: NodeClient) -> falcon.App:
     app.add_route("/series", resources.SeriesList(*args))
     app.add_route("/health", resources.Health(*args))
     app.add_route("/stats", resources.Stats(*args))
+    app.add_route("/cluster/endpoints/{series:path}", resources.Endpoints(*args))
+    app.add_route("/cluster/status", resources.ClusterStatus(*args))
+    app.add_route("/cluster/repair", resources.Repair(*args))
     return app

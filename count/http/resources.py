@@ -60,6 +60,19 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
     return body
 
 
+CONSISTENCY_HEADER = "X-Count-Consistency"
+# POST /cluster/repair waits for a whole anti-entropy round; bounded all the same.
+REPAIR_TIMEOUT_MS = 600_000
+
+
+def _consistency(req: falcon.Request, args: dict[str, object]) -> dict[str, object]:
+    """Add the request's consistency level (query parameter, else header), if it names one."""
+    level = req.get_param("consistency") or req.get_header(CONSISTENCY_HEADER)
+    if level is not None:
+        args["consistency"] = level.strip().lower()
+    return args
+
+
 class Base:
     def __init__(self, config: Config, client: NodeClient) -> None:
         self.config = config
@@ -73,17 +86,18 @@ class Insert(Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_body(req, self.config.max_body_bytes)
         cols = parse_points(body, self.config.max_batch_points, self.config.max_series_name_length)
-        result = self.client.call("insert", {
+        result = self.client.call("insert", _consistency(req, {
             "names": cols.names, "idx": cols.idx.tobytes(), "ts": cols.ts.tobytes(),
             "val": cols.val.tobytes(),
-        })
+        }))
         _json(resp, result, falcon.HTTP_201)
 
 
 class RangeQuery(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
         start, end = _time_range(req)
-        reply = self.client.call("range", {"series": self._series(series), "start": start, "end": end})
+        reply = self.client.call("range", _consistency(req, {
+            "series": self._series(series), "start": start, "end": end}))
         ts = np.frombuffer(reply["ts"], np.int64)
         val = np.frombuffer(reply["val"], np.float64)
         resp.content_type = falcon.MEDIA_JSON
@@ -101,7 +115,7 @@ class AggregatedQuery(Base):
                                    "aggregation": aggregation}
         if req.get_param("interval") is not None:
             args["interval"] = _int_param(req, "interval", None, 1, _TIME_MAX_MS)
-        reply = self.client.call("aggregate", args)
+        reply = self.client.call("aggregate", _consistency(req, args))
         if "interval" not in args:
             _json(resp, reply["value"])
             return
@@ -130,3 +144,18 @@ class Health(Base):
 class Stats(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _json(resp, self.client.call("stats", {}))
+
+
+class Endpoints(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
+        _json(resp, self.client.call("endpoints", {"series": self._series(series)}))
+
+
+class ClusterStatus(Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, self.client.call("cluster_status", {}))
+
+
+class Repair(Base):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, self.client.call("repair", {}, timeout_ms=REPAIR_TIMEOUT_MS))

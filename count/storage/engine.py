@@ -12,6 +12,7 @@ LMDB databases (all keys big-endian):
   tails       sid -> block (newest, still filling)
   blocks      seq u64 -> full block     bindex        (sid, max_ts) -> (seq, min_ts, count)
   meta        b"version_high" -> u64, b"wal_generation" -> u64 (the last flushed)
+  hints       target address NUL series -> hint (``count/cluster/hints.py``)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ log = logging.getLogger("count.storage")
 
 T = TypeVar("T")
 
-DATABASES = ("series", "series_names", "segments", "tails", "blocks", "bindex", "meta")
+DATABASES = ("series", "series_names", "segments", "tails", "blocks", "bindex", "meta", "hints")
 # A map that cannot grow this many times in a row means the disk is the limit.
 MAP_GROWTH_TRIES_MAX = 12
 MAP_SIZE_MAX_BYTES = 1 << 44
@@ -62,13 +63,27 @@ _COMPACT_DIR = "compact.tmp"
 
 @dataclasses.dataclass
 class WriteRequest:
-    """One insert: unique series names, per-point index into them, and the points."""
+    """One insert: unique series names, per-point index into them, and the points.
+
+    ``version`` is one write version for every point (a coordinated insert) or one per point
+    (a replica repair or hint, which keeps each point's original version).
+    """
 
     names: list[str]
     idx: np.ndarray
     ts: np.ndarray
     val: np.ndarray
-    version: int
+    version: int | np.ndarray
+
+    def versions(self) -> np.ndarray:
+        if isinstance(self.version, np.ndarray):
+            return self.version.astype(np.uint64, copy=False)
+        return np.full(len(self.ts), self.version, np.uint64)
+
+    def version_max(self) -> int:
+        if isinstance(self.version, np.ndarray):
+            return int(self.version.max())
+        return self.version
 
 
 def _is_disk_full(exc: lmdb.Error) -> bool:
@@ -106,6 +121,11 @@ class Storage:
         self.flush_failing = False
         self.commits = 0
         self._sids: dict[str, int] = {}
+        # Per series id, the number of the last write() that touched it: lets anti-entropy
+        # keep a series' digests until it changes. In memory only (a restart recomputes).
+        self._stamps = np.zeros(1024, np.uint64)
+        self._writes = 0
+        self._points_cache: tuple[float, int] = (-1e9, 0)
         self._segment_keys: list[bytes] = []
         self._load()
 
@@ -214,7 +234,7 @@ class Storage:
         sid = np.concatenate(sid_parts)
         ts = np.concatenate([r.ts for r in requests])
         val = np.concatenate([r.val for r in requests])
-        ver = np.concatenate([np.full(len(r.ts), r.version, np.uint64) for r in requests])
+        ver = np.concatenate([r.versions() for r in requests])
         try:
             self.wal.append(encode_points(sid, ts, val, ver))
         except OSError as exc:
@@ -222,7 +242,11 @@ class Storage:
             raise DiskFull(f"disk full: no room to store the write under {self.path} "
                            f"({exc.strerror or exc})") from None
         self.buffer.append(sid, ts, val, ver)
-        self.version_high = max(self.version_high, max(r.version for r in requests))
+        self.version_high = max(self.version_high, max(r.version_max() for r in requests))
+        self._writes += 1
+        if self._next_sid > len(self._stamps):
+            self._stamps = np.resize(self._stamps, max(self._next_sid, 2 * len(self._stamps)))
+        self._stamps[sid] = self._writes
 
     def flush_due(self) -> bool:
         if len(self.buffer) >= self.buffer_points:
@@ -353,6 +377,29 @@ class Storage:
             raise BadRequest(
                 f"the range holds more than {points_max} points: narrow it (MAX_QUERY_POINTS)")
         return merged
+
+    def series_stamp(self, name: str) -> int:
+        """Changes whenever the series is written (0 for a series not written since open)."""
+        sid = self._sids.get(name)
+        return 0 if sid is None or sid >= len(self._stamps) else int(self._stamps[sid])
+
+    def series_names(self) -> list[str]:
+        return list(self._sids)
+
+    def points_estimate(self, max_age_s: float = 10.0) -> int:
+        """Points held, counting overwrites not yet folded by compaction; cached for a while."""
+        at, cached = self._points_cache
+        if time.monotonic() - at < max_age_s:
+            return cached
+        total = len(self.buffer)
+        with self.env.begin(buffers=True) as txn:
+            for value in txn.cursor(self.db["bindex"]).iternext(keys=False):
+                total += keys.unpack_index_value(value)[2]
+            for value in txn.cursor(self.db["tails"]).iternext(keys=False):
+                total += block_header(value).count
+            total += sum(segment.point_count() for segment in self.segments(txn))
+        self._points_cache = (time.monotonic(), total)
+        return total
 
     def list_series(self, prefix: str, limit: int) -> list[str]:
         """Series names starting with ``prefix``, sorted, at most ``limit``."""

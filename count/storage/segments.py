@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from count.storage.codec import decode_block
+from count.storage.codec import block_header, decode_block
 from count.storage.merge import Columns, concat, resolve_by_series
 
 FLUSH_FORMAT = 1
@@ -82,6 +82,13 @@ class Segment:
         self.sids = np.frombuffer(buf, np.uint32, n_series, pos)
         self.offsets = np.frombuffer(buf, np.uint32, n_series + 1, pos + 4 * n_series)
         self._blob = memoryview(buf)[pos + 4 * (2 * n_series + 1):]
+
+    def point_count(self) -> int:
+        """Points stored (with overwrites not yet folded), decompressing nothing."""
+        if self.format == FLUSH_FORMAT:
+            return len(self.ts)
+        return sum(block_header(self._blob[int(self.offsets[i]):int(self.offsets[i + 1])]).count
+                   for i in range(len(self.sids)))
 
     def _decoded(self, i: int) -> Columns:
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])

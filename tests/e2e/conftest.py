@@ -33,6 +33,8 @@ import psutil
 import pytest
 import requests
 
+from count.config import SETTINGS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Bounds of every wait in the harness.
@@ -49,12 +51,7 @@ DEFAULT_ENV: dict[str, str] = {
 }
 
 # Settings of the parent environment that would leak into the node and change its behaviour.
-_COUNT_ENV_NAMES = (
-    "NODE_ID", "CLUSTER_ENABLED", "CLUSTER_NODES", "REPLICATION_FACTOR", "BIND_ADDRESS",
-    "DATA_DIR", "MEMORY_BUFFER_SIZE", "FLUSH_INTERVAL_SECONDS", "LOG_LEVEL", "RUST_LOG",
-    "HTTP_WORKERS", "HTTP_THREADS", "REQUEST_TIMEOUT_MS", "MAX_BODY_BYTES", "MAX_BATCH_POINTS",
-    "MAX_SERIES_NAME_LENGTH", "MAX_QUERY_POINTS", "LMDB_MAP_SIZE_MB",
-)
+_COUNT_ENV_NAMES = (*(s.name for s in SETTINGS), "RUST_LOG")
 
 
 # Every process group started in this test session, killed at exit whatever happened.
@@ -98,16 +95,17 @@ def _port_free(port: int) -> bool:
 
 
 def free_port(tries: int = 500) -> int:
-    """A port p such that p..p+3 and p+1000..p+1003 are all free on 127.0.0.1.
+    """A port p such that p..p+3, p+1000..p+1003 and p+2000..p+2003 are free on 127.0.0.1.
 
-    The HTTP port is p; inter-node ports are derived from it (p+1.., p+1000..), so a node
-    started on p can also run its cluster listeners. Ports handed out once in this session
+    The HTTP port is p; inter-node ports are derived from it (p+1000 gossip, p+2000 replica
+    traffic, with the default CLUSTER_PORT_OFFSET), so a node started on p can also run its
+    cluster listeners. Ports handed out once in this session
     are never handed out again, even after they are released.
     """
     with _PORT_LOCK:
         for _ in range(tries):
             base = random.randrange(_PORT_LOW, _PORT_HIGH)
-            wanted = [*range(base, base + 4), *range(base + 1000, base + 1004)]
+            wanted = [p + offset for offset in (0, 1000, 2000) for p in range(base, base + 4)]
             if any(p in _PORTS_GIVEN for p in wanted):
                 continue
             if all(_port_free(p) for p in wanted):

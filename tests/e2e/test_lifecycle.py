@@ -632,11 +632,12 @@ def test_lmdb_map_grows(make_node: NodeFactory) -> None:
     assert node.stats()["map_size_bytes"] > 1 << 20
 
 
-def test_cluster_mode_is_refused_until_it_exists(tmp_path: Path) -> None:
-    """CLUSTER_ENABLED=true must not silently run an unreplicated single node."""
+def test_cluster_without_an_entry_for_this_node_is_refused(tmp_path: Path) -> None:
+    """A node must find itself in CLUSTER_NODES; otherwise it would place data on a ring
+    that does not contain it."""
     env = {**os.environ, "CLUSTER_ENABLED": "true", "CLUSTER_NODES": "127.0.0.1:1,127.0.0.1:2",
-           "DATA_DIR": str(tmp_path / "d"), "BIND_ADDRESS": "127.0.0.1:1"}
+           "DATA_DIR": str(tmp_path / "d"), "BIND_ADDRESS": "127.0.0.1:3"}
     result = subprocess.run([sys.executable, "-m", "count.server"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "CLUSTER_ENABLED" in result.stderr
+    assert "CLUSTER_NODES" in result.stderr and "this node" in result.stderr

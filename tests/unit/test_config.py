@@ -42,6 +42,13 @@ BAD_VALUES: dict[str, list[str]] = {
     "MAX_SERIES_NAME_LENGTH": ["", "long"],
     "MAX_QUERY_POINTS": ["", "10M"],
     "LMDB_MAP_SIZE_MB": ["", "1G"],
+    "CLUSTER_PORT_OFFSET": ["0", "40000", "x"],
+    "HEARTBEAT_INTERVAL_MS": ["10", "1s", ""],
+    "FAILURE_TIMEOUT_MS": ["100", "-1"],
+    "REPLICA_TIMEOUT_MS": ["10", "2s"],
+    "REPLICA_RETRIES": ["-1", "11"],
+    "MAX_HINT_WINDOW_SECONDS": ["-1", "3h"],
+    "ANTI_ENTROPY_INTERVAL_SECONDS": ["-5", "1m"],
 }
 
 BAD_CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
@@ -318,3 +325,21 @@ def test_settings_table_shows_ranges_and_defaults():
 def test_setting_names_are_unique():
     assert len(set(SETTING_NAMES)) == len(SETTING_NAMES)
     assert _setting("NODE_ID").default == "1"
+
+
+def test_cluster_nodes_may_not_repeat_a_member():
+    with pytest.raises(ConfigError, match="CLUSTER_NODES"):
+        load_config({"CLUSTER_ENABLED": "true", "CLUSTER_NODES": "a:1,b:2,a:1"})
+
+
+def test_inter_node_ports_must_fit():
+    with pytest.raises(ConfigError, match="CLUSTER_PORT_OFFSET"):
+        load_config({"BIND_ADDRESS": "0.0.0.0:64000", "CLUSTER_PORT_OFFSET": "1000"})
+
+
+def test_members_and_peer_ports():
+    single = load_config({"BIND_ADDRESS": "127.0.0.1:9000"})
+    assert single.members() == ["127.0.0.1:9000"]
+    cluster = load_config({"CLUSTER_ENABLED": "true", "CLUSTER_NODES": "a:8080, b:8080"})
+    assert cluster.members() == ["a:8080", "b:8080"]
+    assert cluster.peer_ports(8080) == (9080, 10080)

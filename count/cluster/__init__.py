@@ -1,0 +1,1 @@
+"""Cluster membership, placement and replica repair."""

@@ -1,0 +1,638 @@
+"""Any node coordinates: it places writes on the ring, fans them out, counts quorums, and
+answers reads from every replica with blocking read repair.
+
+The coordinator never waits: each client request becomes a small pending object whose
+callbacks the peer channels run as replies arrive, and the node process's loop calls
+``finish_turn`` once per turn so that every write that has to land on this node in that
+turn (the local replica of client inserts, peers' replica writes, hints, repairs) shares
+one commit. A single node is a cluster of one: every series maps to it and no message
+leaves the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from count.cluster.antientropy import AntiEntropy
+from count.cluster.channel import PeerChannel
+from count.cluster.hints import HintLog
+from count.cluster.membership import Membership
+from count.cluster.merkle import newer_points
+from count.cluster.ring import Ring, sloppy_targets
+from count.cluster.wire import Op, Result
+from count.config import Config
+from count.errors import BadRequest, CountError, Unavailable
+from count.replica import LocalReplica, decode_insert
+from count.storage.aggregate import AGGREGATIONS, aggregate, aggregate_buckets
+from count.storage.engine import WriteRequest
+from count.storage.merge import Columns, merge_sorted
+
+log = logging.getLogger("count.cluster")
+
+Reply = Callable[[int, Any], None]
+CONSISTENCY_LEVELS = ("one", "quorum", "all")
+SERIES_LIMIT_MAX = 100_000
+# Hand-off sends at most this many series or points per message to a returned replica.
+HANDOFF_SERIES_MAX = 256
+HANDOFF_POINTS_MAX = 200_000
+HANDOFF_RETRY_S = 1.0
+# Replication failures of one peer are logged at most once per this many seconds.
+WARN_EVERY_S = 5.0
+# Rounds of commit -> callbacks in one turn (a read's repair of this node is the second).
+TURN_ROUNDS_MAX = 4
+
+
+def required(level: str, rf: int) -> int:
+    """Acknowledgements a consistency level needs out of ``rf`` replicas."""
+    return {"one": 1, "quorum": rf // 2 + 1, "all": rf}[level]
+
+
+def _level(args: dict[str, Any], default: str) -> str:
+    level = args.get("consistency") or default
+    if level not in CONSISTENCY_LEVELS:
+        raise BadRequest(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
+    return level
+
+
+def _int_arg(args: dict[str, Any], key: str) -> int:
+    value = args.get(key)
+    if not isinstance(value, int):
+        raise BadRequest(f"malformed request: {key} must be an integer")
+    return value
+
+
+def subset(write: WriteRequest, name_mask: np.ndarray) -> WriteRequest:
+    """The points of ``write`` whose series are selected by ``name_mask``."""
+    if name_mask.all():
+        return write
+    chosen = np.flatnonzero(name_mask)
+    point_mask = name_mask[write.idx]
+    remap = np.full(len(write.names), -1, np.int64)
+    remap[chosen] = np.arange(len(chosen))
+    version = write.version
+    if isinstance(version, np.ndarray):
+        version = version[point_mask]
+    return WriteRequest([write.names[i] for i in chosen],
+                        remap[write.idx[point_mask]].astype(np.uint32),
+                        write.ts[point_mask], write.val[point_mask], version)
+
+
+def write_args(write: WriteRequest, hint: str | None) -> dict[str, Any]:
+    """A write as a peer operation; points keep their versions."""
+    version = write.version
+    return {"names": write.names, "idx": write.idx.tobytes(), "ts": write.ts.tobytes(),
+            "val": write.val.tobytes(),
+            "ver": version.tobytes() if isinstance(version, np.ndarray) else version,
+            "hint": hint}
+
+
+def points_body(cols: Columns, versions: bool) -> dict[str, bytes]:
+    body = {"ts": cols.ts.tobytes(), "val": cols.val.tobytes()}
+    if versions:
+        body["ver"] = cols.ver.tobytes()
+    return body
+
+
+def columns_of(body: Any) -> Columns:
+    """Points with versions from a peer's read reply (CountError if malformed)."""
+    try:
+        cols = Columns(np.frombuffer(body["ts"], np.int64), np.frombuffer(body["val"], np.float64),
+                       np.frombuffer(body["ver"], np.uint64))
+    except (KeyError, TypeError, ValueError):
+        raise Unavailable("malformed read reply from a peer") from None
+    if not len(cols.ts) == len(cols.val) == len(cols.ver):
+        raise Unavailable("malformed read reply from a peer")
+    return cols
+
+
+class _Quorum:
+    """One client insert waiting until every replica group has W acknowledgements."""
+
+    def __init__(self, reply: Reply, groups: list[int], needed: int, level: str, rf: int,
+                 points: int) -> None:
+        self.reply = reply
+        self.sizes = groups
+        self.acks = [0] * len(groups)
+        self.fails = [0] * len(groups)
+        self.needed = needed
+        self.level = level
+        self.rf = rf
+        self.points = points
+        self.done = False
+        self.errors: list[tuple[int, str]] = []
+
+    def result(self, groups: list[int], status: int, detail: str) -> None:
+        ok = status < 300
+        for g in groups:
+            if ok:
+                self.acks[g] += 1
+            else:
+                self.fails[g] += 1
+        if not ok:
+            self.errors.append((status, detail))
+        if self.done:
+            return
+        if all(a >= self.needed for a in self.acks):
+            self.done = True
+            self.reply(201, {"inserted": self.points})
+        elif any(size - fail < self.needed for size, fail in zip(self.sizes, self.fails,
+                                                                  strict=True)):
+            self.done = True
+            statuses = {status for status, _ in self.errors}
+            # Replicas that all failed the same way (a full disk, 507) report that status.
+            status = statuses.pop() if len(statuses) == 1 else 503
+            if self.sizes == [1]:
+                self.reply(status, self.errors[0][1])
+                return
+            self.reply(status, f"write reached {min(self.acks)} of {self.rf} replicas but "
+                               f"consistency={self.level} needs {self.needed}; points may be "
+                               f"stored on some replicas "
+                               f"({'; '.join(d for _, d in self.errors[:3])})")
+
+
+class _Gather:
+    """Answers from several nodes; ``done`` runs once when every node has answered or failed."""
+
+    def __init__(self, nodes: list[str], done: Callable[[dict[str, Any], dict[str, tuple[int, str]]], None]) -> None:
+        self.waiting = set(nodes)
+        self.answers: dict[str, Any] = {}
+        self.errors: dict[str, tuple[int, str]] = {}
+        self._done = done
+        if not self.waiting:
+            done(self.answers, self.errors)
+
+    def callback(self, node: str) -> Reply:
+        def on_result(status: int, body: Any) -> None:
+            if node not in self.waiting:
+                return
+            self.waiting.discard(node)
+            if status < 300:
+                self.answers[node] = body
+            else:
+                self.errors[node] = (status, str(body))
+            if not self.waiting:
+                self._done(self.answers, self.errors)
+        return on_result
+
+
+class Coordinator:
+    def __init__(self, config: Config, replica: LocalReplica, ring: Ring, membership: Membership,
+                 channels: dict[str, PeerChannel], hints: HintLog, self_address: str) -> None:
+        self.config = config
+        self.replica = replica
+        self.ring = ring
+        self.membership = membership
+        self.channels = channels
+        self.hints = hints
+        self.self_address = self_address
+        self.rf = min(config.replication_factor, len(ring.members))
+        self.single = len(ring.members) == 1
+        self._writes: list[tuple[WriteRequest, str | None, Reply]] = []
+        self._after_commit: list[Callable[[], None]] = []
+        self._handoff_busy: set[str] = set()
+        self._handoff_next_s = 0.0
+        self._warned_s: dict[str, float] = {}
+        self.anti_entropy = AntiEntropy(self)
+        self.counters = {"inserts": 0, "reads": 0, "replica_writes_failed": 0,
+                         "hints_stored": 0, "hinted_points_delivered": 0,
+                         "read_repairs": 0, "read_repair_points": 0, "writes_refused": 0}
+        self._local_ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
+            "insert": self._insert,
+            "range": self._range,
+            "aggregate": self._range,
+            "series": self._series,
+            "health": self._health,
+            "stats": self._stats,
+            "endpoints": self._endpoints,
+            "cluster_status": self._cluster_status,
+            "repair": self.anti_entropy.start_now,
+        }
+        self._peer_ops: dict[str, Callable[[dict[str, Any], Reply], None]] = {
+            "write": self._peer_write,
+            "read": self._peer_read,
+            "series": self._peer_series,
+            **self.anti_entropy.peer_ops(),
+        }
+
+    # -- the turn --------------------------------------------------------------------------
+
+    def accept_local(self, op: str, args: dict[str, Any], reply: Reply) -> None:
+        """A request from an HTTP worker; ``reply`` runs exactly once, now or later."""
+        handler = self._local_ops.get(op)
+        if handler is None:
+            reply(400, f"unknown operation {op!r}")
+            return
+        self._guard(handler, args, reply, op)
+
+    def accept_peer(self, ops: list[Op], answer: Callable[[list[Result]], None]) -> None:
+        """A peer's message; ``answer`` runs with one result per operation once all are done."""
+        results: list[Result | None] = [None] * len(ops)
+        remaining = [len(ops)]
+
+        def slot(i: int) -> Reply:
+            def put(status: int, body: Any) -> None:
+                results[i] = (status, body)
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    answer(results)  # type: ignore[arg-type]
+            return put
+
+        if not ops:
+            answer([])
+        for i, (op, args) in enumerate(ops):
+            handler = self._peer_ops.get(op)
+            if handler is None:
+                slot(i)(400, f"unknown peer operation {op!r}")
+            else:
+                self._guard(handler, args, slot(i), op)
+
+    def _guard(self, handler: Callable[[dict[str, Any], Reply], None], args: dict[str, Any],
+               reply: Reply, op: str) -> None:
+        try:
+            handler(args, reply)
+        except CountError as exc:
+            reply(exc.status, str(exc))
+        except Exception:
+            log.exception("Query failed: %s", op)
+            reply(500, "internal error; see the node's log")
+
+    def after_commit(self, thunk: Callable[[], None]) -> None:
+        """Run ``thunk`` once this turn's writes are committed (reads see this turn's writes)."""
+        self._after_commit.append(thunk)
+
+    def finish_turn(self) -> None:
+        """Commit every write queued this turn at once, then run what waited for it."""
+        for _ in range(TURN_ROUNDS_MAX):
+            if not self._writes and not self._after_commit:
+                return
+            writes, self._writes = self._writes, []
+            if writes:
+                self._commit(writes)
+            thunks, self._after_commit = self._after_commit, []
+            for thunk in thunks:
+                try:
+                    thunk()
+                except Exception:
+                    log.exception("Query failed after commit")
+
+    def _commit(self, writes: list[tuple[WriteRequest, str | None, Reply]]) -> None:
+        status, body = self.replica.commit([w for w, _, _ in writes])
+        hinted = [(hint, w) for w, hint, _ in writes if hint is not None]
+        if status < 300 and hinted:
+            try:
+                self.hints.add(hinted, time.time())
+                self.counters["hints_stored"] += len(hinted)
+            except CountError as exc:
+                status, body = exc.status, str(exc)
+        for _, _, reply in writes:
+            reply(status, body)
+
+    def write_here(self, write: WriteRequest, hint: str | None, reply: Reply) -> None:
+        """Queue a write to this node's replica for this turn's commit."""
+        self._writes.append((write, hint, reply))
+
+    # -- placement -------------------------------------------------------------------------
+
+    def alive(self, address: str) -> bool:
+        return self.membership.alive(address)
+
+    def _placement(self, write: WriteRequest) -> tuple[list[tuple[str, str | None, WriteRequest, list[int]]], list[int]]:
+        """Where each part of a write goes: (node, hint target, points, replica groups) and
+        the size of each group (a distinct set of targets that has to reach W)."""
+        if self.single:
+            return [(self.self_address, None, write, [0])], [1]
+        ranges = self.ring.range_indices(write.names)
+        unique, inverse = np.unique(ranges, return_inverse=True)
+        group_of: dict[tuple[tuple[str, str | None], ...], int] = {}
+        range_group = np.empty(len(unique), np.int64)
+        for i, r in enumerate(unique):
+            targets = tuple(sloppy_targets(self.ring.range_preference(int(r)), self.rf,
+                                           self.alive))
+            range_group[i] = group_of.setdefault(targets, len(group_of))
+        name_group = range_group[inverse]
+        by_dest: dict[tuple[str, str | None], list[int]] = {}
+        for targets, g in group_of.items():
+            for dest in targets:
+                by_dest.setdefault(dest, []).append(g)
+        sizes = [len(targets) for targets in group_of]
+        parts = [(node, hint, subset(write, np.isin(name_group, groups)), groups)
+                 for (node, hint), groups in by_dest.items()]
+        return parts, sizes
+
+    def send_write(self, node: str, write: WriteRequest, hint: str | None, reply: Reply) -> None:
+        """Write to one node (this one or a peer); a failed replica write leaves a hint here."""
+        if node == self.self_address:
+            self.write_here(write, hint, reply)
+            return
+
+        def on_result(status: int, body: Any) -> None:
+            if status >= 300:
+                self.counters["replica_writes_failed"] += 1
+                target = hint or node
+                self._warn(node, f"Replication to node {self._name(node)} failed: {body}")
+                if status in (503, 507) and self.hint_allowed(target):
+                    self.write_here(write, target, lambda s, b: None)
+            reply(status, body)
+
+        self.channels[node].submit("write", write_args(write, hint), on_result)
+
+    def hint_allowed(self, target: str) -> bool:
+        window_s = self.config.max_hint_window_seconds
+        down = self.membership.down_since_s(target)
+        return window_s > 0 and (down is None or time.monotonic() - down < window_s)
+
+    # -- client operations -----------------------------------------------------------------
+
+    def _insert(self, args: dict[str, Any], reply: Reply) -> None:
+        level = _level(args, "quorum")
+        write = decode_insert(args, self.replica.clock.next())
+        if not self.membership.has_majority():
+            self.counters["writes_refused"] += 1
+            raise Unavailable(
+                f"network partition: this node sees {self.membership.alive_count()} of "
+                f"{self.membership.size} members alive, fewer than a majority, so it refuses "
+                "writes; send them to a node on the majority side")
+        parts, sizes = self._placement(write)
+        needed = required(level, self.rf)
+        if min(sizes) < needed:
+            raise Unavailable(f"only {min(sizes)} of {self.rf} replicas are reachable but "
+                              f"consistency={level} needs {needed}")
+        self.counters["inserts"] += 1
+        quorum = _Quorum(reply, sizes, needed, level, self.rf, len(write.ts))
+        for node, hint, part, groups in parts:
+            self.send_write(node, part, hint, self._ack(quorum, groups, node))
+
+    def _ack(self, quorum: _Quorum, groups: list[int], node: str) -> Reply:
+        def on_result(status: int, body: Any) -> None:
+            detail = str(body) if node == self.self_address else f"node {self._name(node)}: {body}"
+            quorum.result(groups, status, detail)
+        return on_result
+
+    def read_targets(self, series: str) -> tuple[list[str], list[str]]:
+        """(nodes to ask, the series' replicas): live replicas, substitutes of down ones, and
+        any node holding hints for one of its replicas."""
+        if self.single:
+            return [self.self_address], [self.self_address]
+        preference = self.ring.range_preference(self.ring.range_index(series))
+        replicas = preference[:self.rf]
+        asked = [node for node, _ in sloppy_targets(preference, self.rf, self.alive)]
+        holders = dict(self.membership.hints_held())
+        holders[self.self_address] = self.hints.pending()
+        for holder, targets in holders.items():
+            if holder not in asked and self.alive(holder) and any(t in replicas for t in targets):
+                asked.append(holder)
+        return asked, replicas
+
+    def _range(self, args: dict[str, Any], reply: Reply) -> None:
+        series = args.get("series")
+        if not isinstance(series, str):
+            raise BadRequest("malformed request: series")
+        start, end = _int_arg(args, "start"), _int_arg(args, "end")
+        how = args.get("aggregation")
+        interval = args.get("interval")
+        if how is not None and how not in AGGREGATIONS:
+            raise BadRequest(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+        if interval is not None and (not isinstance(interval, int) or interval < 1):
+            raise BadRequest("interval must be a positive integer (milliseconds)")
+        level = _level(args, "one")
+        self.counters["reads"] += 1
+
+        def answer(cols: Columns) -> None:
+            if how is None:
+                reply(200, points_body(cols, versions=False))
+            elif interval is None:
+                reply(200, {"value": aggregate(cols.val, how)})
+            else:
+                starts, values, counts = aggregate_buckets(cols.ts, cols.val, how, interval)
+                reply(200, {"ts": starts.tobytes(), "val": values.tobytes(),
+                            "count": counts.tobytes()})
+
+        self.read(series, start, end, level, answer, reply)
+
+    def read(self, series: str, start: int, end: int, level: str,
+             answer: Callable[[Columns], None], reply: Reply) -> None:
+        """Read a series from every node that may hold it, merge, repair stale replicas, answer."""
+        asked, replicas = self.read_targets(series)
+        needed = required(level, self.rf)
+
+        def done(answers: dict[str, Any], errors: dict[str, tuple[int, str]]) -> None:
+            bad = [e for e in errors.values() if e[0] == 400]
+            if bad:
+                reply(*bad[0])
+                return
+            got = [node for node in asked if node in answers]
+            if sum(node in replicas for node in got) < needed and len(got) < needed:
+                detail = "; ".join(f"node {self._name(n)}: {m}" for n, (_, m) in errors.items())
+                log.warning("Query failed: %s read reached %d of %d nodes (%s)", series,
+                            len(got), len(asked), detail)
+                reply(503, f"read reached {len(got)} of {len(asked)} nodes but "
+                           f"consistency={level} needs {needed} ({detail})")
+                return
+            try:
+                parts = [columns_of(answers[node]) for node in got]
+            except CountError as exc:
+                reply(exc.status, str(exc))
+                return
+            merged = merge_sorted(parts)
+            if len(merged) > self.config.max_query_points:
+                reply(400, f"the range holds more than {self.config.max_query_points} points: "
+                           "narrow it (MAX_QUERY_POINTS)")
+                return
+            self._repair_then(series, merged, {n: p for n, p in zip(got, parts, strict=True)
+                                               if n in replicas}, answer)
+
+        gather = _Gather(asked, done)
+        for node in asked:
+            self.ask(node, "read", {"series": series, "start": start, "end": end},
+                     gather.callback(node))
+
+    def _repair_then(self, series: str, merged: Columns, answers: dict[str, Columns],
+                     answer: Callable[[Columns], None]) -> None:
+        """Bring every replica that answered short or stale up to ``merged``, then answer."""
+        repairs = [(node, newer_points(merged, cols)) for node, cols in answers.items()]
+        repairs = [(node, diff) for node, diff in repairs if len(diff)]
+        if not repairs:
+            answer(merged)
+            return
+        self.counters["read_repairs"] += len(repairs)
+
+        def repaired(_answers: dict[str, Any], errors: dict[str, tuple[int, str]]) -> None:
+            for node, (_, message) in errors.items():
+                log.warning("Read repair of %s on node %s failed: %s", series, self._name(node),
+                            message)
+            answer(merged)
+
+        gather = _Gather([node for node, _ in repairs], repaired)
+        for node, diff in repairs:
+            self.counters["read_repair_points"] += len(diff)
+            log.debug("Read repair of %s: %d points to node %s", series, len(diff),
+                      self._name(node))
+            write = WriteRequest([series], np.zeros(len(diff), np.uint32), diff.ts, diff.val,
+                                 diff.ver)
+            self.send_write(node, write, None, gather.callback(node))
+
+    def ask(self, node: str, op: str, args: dict[str, Any], reply: Reply) -> None:
+        """Run a peer operation on ``node``: this node after the commit, or over its channel."""
+        if node == self.self_address:
+            self.after_commit(lambda: self._guard(self._peer_ops[op], args, reply, op))
+        elif not self.alive(node):
+            reply(503, f"node {self._name(node)} is down")
+        else:
+            self.channels[node].submit(op, args, reply)
+
+    def _series(self, args: dict[str, Any], reply: Reply) -> None:
+        prefix = args.get("prefix", "")
+        limit = args.get("limit", 1000)
+        if not isinstance(prefix, str) or not isinstance(limit, int) or not 1 <= limit <= SERIES_LIMIT_MAX:
+            raise BadRequest(f"prefix must be text and limit 1..{SERIES_LIMIT_MAX}")
+        nodes = [m for m in self.ring.members if self.alive(m)]
+
+        def done(answers: dict[str, Any], errors: dict[str, tuple[int, str]]) -> None:
+            names: set[str] = set()
+            for listed in answers.values():
+                if isinstance(listed, list):
+                    names.update(n for n in listed if isinstance(n, str))
+            if errors:
+                log.warning("Query failed: series list missed %d nodes (%s)", len(errors),
+                            "; ".join(m for _, m in errors.values()))
+            reply(200, sorted(names)[:limit])
+
+        gather = _Gather(nodes, done)
+        for node in nodes:
+            self.ask(node, "series", {"prefix": prefix, "limit": limit}, gather.callback(node))
+
+    def _health(self, args: dict[str, Any], reply: Reply) -> None:
+        reply(200, {"status": self.membership.health(), "node_id": self.config.node_id,
+                    "cluster_size": self.membership.alive_count()})
+
+    def _stats(self, args: dict[str, Any], reply: Reply) -> None:
+        stats = self.replica.stats()
+        stats.update(self.counters, inserts=self.counters["inserts"],
+                     hints_pending=sum(self.hints.pending().values()),
+                     anti_entropy=self.anti_entropy.progress())
+        reply(200, stats)
+
+    def _name(self, address: str) -> int | str:
+        node_id = self.membership.node_id(address)
+        return address if node_id is None else node_id
+
+    def _endpoints(self, args: dict[str, Any], reply: Reply) -> None:
+        series = args.get("series")
+        if not isinstance(series, str):
+            raise BadRequest("malformed request: series")
+        reply(200, {"series": series,
+                    "replicas": [self._name(a) for a in self.ring.replicas(series, self.rf)]})
+
+    def load(self) -> dict[str, Any]:
+        """What this node's heartbeat says about it."""
+        return {"points": self.replica.storage.points_estimate(),
+                "bytes": self.replica.storage.file_bytes(), "hints": self.hints.pending()}
+
+    def _cluster_status(self, args: dict[str, Any], reply: Reply) -> None:
+        now = time.monotonic()
+        members = []
+        own = self.load()
+        for view in self.membership.view(now):
+            load = own if view.is_self else view.load
+            members.append({
+                "node_id": view.node_id, "address": view.address, "state": view.state,
+                "alive": view.alive, "self": view.is_self,
+                "heartbeat_age_s": None if view.heartbeat_age_s is None
+                else round(view.heartbeat_age_s, 3),
+                "points": load.get("points"), "bytes": load.get("bytes"),
+                "hints_pending": sum(load.get("hints", {}).values()),
+            })
+        reply(200, {"node_id": self.config.node_id, "address": self.self_address,
+                    "status": self.membership.health(),
+                    "cluster_size": self.membership.alive_count(),
+                    "replication_factor": self.config.replication_factor,
+                    "ring": self.ring.digest(), "members": members})
+
+    # -- operations peers ask of this node ------------------------------------------------
+
+    def _peer_write(self, args: dict[str, Any], reply: Reply) -> None:
+        hint = args.get("hint")
+        if hint is not None and hint not in self.ring.members:
+            raise BadRequest(f"hint for unknown member {hint!r}")
+        self.write_here(decode_insert(args, None), hint, reply)
+
+    def _peer_read(self, args: dict[str, Any], reply: Reply) -> None:
+        series = args.get("series")
+        if not isinstance(series, str):
+            raise BadRequest("malformed request: series")
+        cols = self.replica.read(series, _int_arg(args, "start"), _int_arg(args, "end"))
+        reply(200, points_body(cols, versions=True))
+
+    def _peer_series(self, args: dict[str, Any], reply: Reply) -> None:
+        prefix, limit = args.get("prefix"), args.get("limit")
+        if not isinstance(prefix, str) or not isinstance(limit, int) or not 1 <= limit <= SERIES_LIMIT_MAX:
+            raise BadRequest("malformed series request")
+        reply(200, self.replica.list_series(prefix, limit))
+
+    # -- background work -------------------------------------------------------------------
+
+    def on_member_down(self, address: str) -> None:
+        channel = self.channels.get(address)
+        if channel is not None:
+            channel.fail_all(f"node {self._name(address)} is down")
+
+    def background(self, now_s: float) -> None:
+        """Hand hints to replicas that are back, and run anti-entropy when due."""
+        if now_s >= self._handoff_next_s:
+            self._handoff_next_s = now_s + HANDOFF_RETRY_S
+            for target in self.hints.targets():
+                if target not in self._handoff_busy and self.alive(target):
+                    self._hand_off(target)
+        self.anti_entropy.step(now_s)
+
+    def _hand_off(self, target: str) -> None:
+        sent = []
+        parts: list[WriteRequest] = []
+        points = 0
+        for series, hint in self.hints.take(target, HANDOFF_SERIES_MAX):
+            cols = self.replica.read(series, hint.min_ts, hint.max_ts)
+            sent.append((series, hint))
+            if len(cols):
+                parts.append(WriteRequest([series], np.zeros(len(cols), np.uint32), cols.ts,
+                                          cols.val, cols.ver))
+                points += len(cols)
+            if points >= HANDOFF_POINTS_MAX:
+                break
+        if not sent:
+            return
+        self._handoff_busy.add(target)
+
+        def on_result(status: int, body: Any) -> None:
+            self._handoff_busy.discard(target)
+            if status >= 300:
+                self._warn(target, f"Hinted handoff to node {self._name(target)} failed: {body}")
+                return
+            self.hints.delivered(target, sent)
+            self.counters["hinted_points_delivered"] += points
+            log.info("Hinted handoff to node %s: %d points of %d series delivered",
+                     self._name(target), points, len(sent))
+
+        if not parts:
+            on_result(201, None)
+            return
+        self.channels[target].submit("write", write_args(merge_writes(parts), None), on_result)
+
+    def _warn(self, node: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_s.get(node, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned_s[node] = now
+            log.warning("%s", message)
+
+
+def merge_writes(parts: list[WriteRequest]) -> WriteRequest:
+    """One write holding several single-series writes that carry per-point versions."""
+    names = [p.names[0] for p in parts]
+    idx = np.concatenate([np.full(len(p.ts), i, np.uint32) for i, p in enumerate(parts)])
+    return WriteRequest(names, idx, np.concatenate([p.ts for p in parts]),
+                        np.concatenate([p.val for p in parts]),
+                        np.concatenate([p.versions() for p in parts]))

@@ -1,0 +1,56 @@
+"""Gossip transport: this node's heartbeat on a PUB socket, every peer's on one SUB socket."""
+
+from __future__ import annotations
+
+import logging
+
+import msgpack
+import zmq
+
+from count.cluster.membership import Heartbeat
+
+log = logging.getLogger("count.cluster")
+
+HEARTBEAT_BYTES_MAX = 64 * 1024
+# Heartbeats taken per turn (a few per peer; the rest wait).
+RECEIVE_PER_TURN_MAX = 1024
+
+
+class Gossip:
+    def __init__(self, context: zmq.Context, bind_endpoint: str, peer_endpoints: list[str]) -> None:
+        self.pub = context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 16)
+        self.pub.bind(bind_endpoint)
+        self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 256)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, HEARTBEAT_BYTES_MAX)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for endpoint in peer_endpoints:
+            self.sub.connect(endpoint)
+        self.malformed = 0
+
+    def publish(self, heartbeat: Heartbeat) -> None:
+        try:
+            self.pub.send(msgpack.packb(heartbeat.to_wire(), use_bin_type=True), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("Heartbeat not published: %s", exc)
+
+    def receive(self) -> list[Heartbeat]:
+        beats: list[Heartbeat] = []
+        while len(beats) < RECEIVE_PER_TURN_MAX:
+            try:
+                frame = self.sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                beats.append(Heartbeat.from_wire(msgpack.unpackb(frame, raw=False)))
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                self.malformed += 1
+                log.debug("Ignored a malformed heartbeat: %s", exc)
+        return beats
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.sub.close(linger=0)

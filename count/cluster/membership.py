@@ -1,0 +1,269 @@
+"""Who is in the cluster and who is alive, judged from the heartbeats members gossip.
+
+The members are fixed by configuration (CLUSTER_NODES) and named by their HTTP address as
+written there. Each member is judged by its own phi accrual detector, and every change is an
+``Event`` the caller logs (``describe``) and acts on, e.g. refusing writes without a majority.
+Pure: the caller passes ``now_s`` (a monotonic clock in seconds) and does all the I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from count.cluster.failure import PhiAccrualDetector
+
+HEARTBEAT_WIRE_VERSION = 1
+STATES = ("normal", "leaving")
+# Bounds on what a heartbeat off the network may hold.
+WIRE_STRING_CHARS_MAX = 256
+WIRE_HINT_ENTRIES_MAX = 1024
+# A starting cluster gets this many heartbeat intervals, plus one failure timeout, to find
+# itself before a missing majority is reported as a partition.
+STARTUP_GRACE_INTERVALS = 3
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= WIRE_STRING_CHARS_MAX:
+        raise ValueError(f"heartbeat {what}: expected 1..{WIRE_STRING_CHARS_MAX} characters")
+    return value
+
+
+def _count(value: object, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"heartbeat {what}: expected a non-negative integer, got {value!r:.40}")
+    return value
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One gossip message: a member saying it is alive, which run it is, and its load."""
+
+    node_id: int | str
+    address: str
+    generation: int  # the sender's start time in ms: a larger one means it restarted
+    seq: int  # one more per heartbeat within a generation
+    state: str  # "normal", or "leaving" once on a clean shutdown
+    members_digest: str
+    load: dict  # {"points": int, "bytes": int, "hints": {target address: hints held}}
+
+    def to_wire(self) -> list:
+        """A msgpack-friendly list, led by the wire version."""
+        return [HEARTBEAT_WIRE_VERSION, self.node_id, self.address, self.generation, self.seq,
+                self.state, self.members_digest, self.load.get("points", 0),
+                self.load.get("bytes", 0), dict(self.load.get("hints", {}))]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Heartbeat:
+        """Check and decode ``to_wire`` output from a peer; ValueError on anything else."""
+        if not isinstance(obj, list | tuple) or not obj or type(obj[0]) is not int:
+            raise ValueError("heartbeat: expected a list led by a wire version")
+        if obj[0] != HEARTBEAT_WIRE_VERSION or len(obj) != 10:
+            raise ValueError(f"heartbeat: expected version {HEARTBEAT_WIRE_VERSION} with 10"
+                             f" fields, got version {obj[0]} with {len(obj)}")
+        _, node_id, address, generation, seq, state, digest, points, nbytes, hints = obj
+        node_id = (_count if type(node_id) is int else _string)(node_id, "node_id")
+        if state not in STATES:
+            raise ValueError(f"heartbeat state: expected one of {STATES}, got {state!r:.40}")
+        if not isinstance(hints, dict) or len(hints) > WIRE_HINT_ENTRIES_MAX:
+            raise ValueError(f"heartbeat hints: expected a map of <= {WIRE_HINT_ENTRIES_MAX}")
+        load = {"points": _count(points, "points"), "bytes": _count(nbytes, "bytes"),
+                "hints": {_string(k, "hint target"): _count(v, "hint count")
+                          for k, v in hints.items()}}
+        return cls(node_id, _string(address, "address"), _count(generation, "generation"),
+                   _count(seq, "seq"), state, _string(digest, "members_digest"), load)
+
+
+def members_digest(members: Sequence[str]) -> str:
+    """A short fingerprint of a member list; members with different lists are misconfigured."""
+    return hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()[:16]
+
+
+class Event(NamedTuple):
+    """A change in the cluster worth an operator's attention (see ``_LOG_LINES`` for kinds)."""
+
+    kind: str
+    address: str  # the member concerned; "" for partition events
+    node_id: int | str | None
+    detail: str  # restarted: "generation G"; partition: "sees A of N"; healed: "A of N"
+
+
+_LOG_LINES = {
+    "joining": "Node {who} joining ({address})",
+    "unreachable": "Node {who} unreachable ({address})",
+    "back_online": "Node {who} back online ({address})",
+    "leaving": "Node {who} leaving ({address})",
+    "restarted": "Node {who} restarted ({address}, {detail})",
+    "partition": "Network partition detected: this node {detail} members alive;"
+                 " writes are refused until a majority is reachable",
+    "partition_healed": "Network partition healed: {detail} members alive",
+    "config_mismatch": "Cluster configuration differs: node {who} ({address}) lists other"
+                       " members than this node (CLUSTER_NODES must be the same on every node)",
+}
+
+
+def describe(event: Event) -> str:
+    """The log line for ``event``, worded so an operator can grep for it."""
+    who = event.address if event.node_id is None else event.node_id
+    return _LOG_LINES[event.kind].format(who=who, address=event.address, detail=event.detail)
+
+
+@dataclass
+class MemberView:
+    """What the cluster status shows for one member."""
+
+    address: str
+    node_id: int | str | None
+    alive: bool
+    state: str  # "normal" | "leaving" | "unknown" (no heartbeat yet)
+    heartbeat_age_s: float | None
+    generation: int | None
+    load: dict
+    is_self: bool
+
+
+@dataclass
+class _Peer:
+    """The latest news from one other member."""
+
+    detector: PhiAccrualDetector
+    latest: Heartbeat | None = None
+    down_since_s: float | None = None
+    mismatch_generation: int | None = None  # the last generation reported as misconfigured
+
+    def age_s(self, now_s: float) -> float:
+        assert self.detector.last_heartbeat_s is not None
+        return now_s - self.detector.last_heartbeat_s
+
+
+def _about(kind: str, hb: Heartbeat, detail: str = "") -> Event:
+    return Event(kind, hb.address, hb.node_id, detail)
+
+
+class Membership:
+    """This node's view of the members: who is alive, and whether a majority is reachable."""
+
+    def __init__(self, self_address: str, self_node_id: int | str, members: Sequence[str], *,
+                 heartbeat_interval_s: float, failure_timeout_s: float) -> None:
+        assert self_address in members, (self_address, members)
+        assert len(set(members)) == len(members), members
+        self.self_address = self_address
+        self.self_node_id = self_node_id
+        self.members = tuple(members)
+        self.size = len(self.members)
+        self.digest = members_digest(self.members)
+        self._detector = functools.partial(PhiAccrualDetector, failure_timeout_s=failure_timeout_s,
+                                           expected_interval_s=heartbeat_interval_s)
+        self._peers = {a: _Peer(self._detector()) for a in self.members if a != self_address}
+        self._grace_s = heartbeat_interval_s * STARTUP_GRACE_INTERVALS + failure_timeout_s
+        self._first_tick_s: float | None = None
+        self._grace_over = False
+        self._partitioned = False  # a partition was reported and has not healed yet
+
+    def receive(self, hb: Heartbeat, now_s: float) -> list[Event]:
+        """Take in a heartbeat; returns the events it causes."""
+        peer = self._peers.get(hb.address)
+        if peer is None:
+            return []
+        old = peer.latest
+        if old is not None and (hb.generation, hb.seq) <= (old.generation, old.seq):
+            return []
+        was_alive = self.alive(hb.address)
+        restarted = old is not None and hb.generation > old.generation
+        if restarted:
+            peer.detector = self._detector()  # a new run is not judged by the old one's rhythm
+        peer.detector.heartbeat(now_s)
+        peer.latest = hb
+        events = [_about("restarted", hb, f"generation {hb.generation}")] if restarted else []
+        if hb.state == "leaving":
+            if restarted or old is None or old.state != "leaving":
+                events.append(_about("leaving", hb))
+            peer.down_since_s = now_s if peer.down_since_s is None else peer.down_since_s
+        else:
+            if old is None or not (was_alive or restarted):
+                events.append(_about("joining" if old is None else "back_online", hb))
+            peer.down_since_s = None
+        if hb.members_digest != self.digest and peer.mismatch_generation != hb.generation:
+            peer.mismatch_generation = hb.generation
+            events.append(_about("config_mismatch", hb,
+                                 f"their members {hb.members_digest}, ours {self.digest}"))
+        return events + self._partition_events()
+
+    def tick(self, now_s: float) -> list[Event]:
+        """Mark down the members whose heartbeats stopped; returns the events that causes."""
+        if self._first_tick_s is None:
+            self._first_tick_s = now_s
+        self._grace_over = self._grace_over or now_s - self._first_tick_s >= self._grace_s
+        events = []
+        for address, peer in self._peers.items():
+            if self.alive(address) and not peer.detector.available(now_s):
+                peer.down_since_s = now_s
+                events.append(Event("unreachable", address, self.node_id(address),
+                                    f"silent for {peer.age_s(now_s):.1f} s"))
+        return events + self._partition_events()
+
+    def alive(self, address: str) -> bool:
+        if address == self.self_address:
+            return True
+        peer = self._peers.get(address)
+        return peer is not None and peer.latest is not None and peer.down_since_s is None
+
+    def alive_members(self) -> list[str]:
+        """The alive members, self included, in configuration order."""
+        return [a for a in self.members if self.alive(a)]
+
+    def alive_count(self) -> int:
+        return len(self.alive_members())
+
+    def has_majority(self) -> bool:
+        return self.alive_count() > self.size / 2
+
+    def health(self) -> str:
+        """'healthy' all alive, 'degraded' some down but a majority alive, else 'unhealthy'."""
+        if self.alive_count() == self.size:
+            return "healthy"
+        return "degraded" if self.has_majority() else "unhealthy"
+
+    def node_id(self, address: str) -> int | str | None:
+        if address == self.self_address:
+            return self.self_node_id
+        peer = self._peers.get(address)
+        return None if peer is None or peer.latest is None else peer.latest.node_id
+
+    def down_since_s(self, address: str) -> float | None:
+        """When the member was marked down; None if it is alive or was never heard from."""
+        peer = self._peers.get(address)
+        return None if peer is None else peer.down_since_s
+
+    def hints_held(self) -> dict[str, dict[str, int]]:
+        """Hints each alive member says it holds, per target, from its latest heartbeat."""
+        return {a: dict(p.latest.load.get("hints", {})) for a, p in self._peers.items()
+                if p.latest is not None and self.alive(a)}
+
+    def view(self, now_s: float) -> list[MemberView]:
+        """One entry per member, in configuration order."""
+        views = []
+        for address in self.members:
+            peer = self._peers.get(address)
+            hb = None if peer is None else peer.latest
+            views.append(MemberView(
+                address=address, node_id=self.node_id(address), alive=self.alive(address),
+                state="normal" if peer is None else ("unknown" if hb is None else hb.state),
+                heartbeat_age_s=None if peer is None or hb is None else peer.age_s(now_s),
+                generation=None if hb is None else hb.generation,
+                load={} if hb is None else dict(hb.load), is_self=peer is None))
+        return views
+
+    def _partition_events(self) -> list[Event]:
+        """Report a lost majority (after the startup grace) and its return, once each."""
+        majority, seen = self.has_majority(), f"{self.alive_count()} of {self.size}"
+        if not majority and not self._partitioned and self._grace_over:
+            self._partitioned = True
+            return [Event("partition", "", None, f"sees {seen}")]
+        if majority and self._partitioned:
+            self._partitioned = False
+            return [Event("partition_healed", "", None, seen)]
+        return []

@@ -1,0 +1,159 @@
+"""This node's own replica: turns groups of writes into one commit and answers local reads.
+
+Every write that lands on this node, whether a client's insert it coordinates or a peer's
+replica write, hint or repair, goes through ``commit`` in groups, so that a turn of the node
+process makes all of them durable with one WAL append. Background upkeep (flush, compaction)
+runs between turns and never raises.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from count.config import Config
+from count.errors import BadRequest, CountError
+from count.storage.engine import SEGMENTS_MAX, Storage, WriteRequest
+from count.storage.merge import Columns
+from count.storage.versions import VersionClock, node_tag
+
+log = logging.getLogger("count.coordinator")
+
+# How long after failed background work (disk full) the next attempt waits.
+FLUSH_RETRY_S = 1.0
+
+Result = tuple[int, Any]
+
+
+def _array(args: dict[str, Any], key: str, dtype: type) -> np.ndarray:
+    raw = args.get(key)
+    if not isinstance(raw, bytes) or len(raw) % np.dtype(dtype).itemsize:
+        raise BadRequest(f"malformed insert: {key}")
+    return np.frombuffer(raw, dtype)
+
+
+def _int_arg(args: dict[str, Any], key: str) -> int:
+    value = args.get(key)
+    if not isinstance(value, int):
+        raise BadRequest(f"malformed request: {key} must be an integer")
+    return value
+
+
+def decode_insert(args: dict[str, Any], version: int | None) -> WriteRequest:
+    """Check an insert's columns (the worker validated the values) and wrap them.
+
+    ``version`` is the coordinator's version for the whole request; None means the points
+    carry their own (``ver``: a replica write, hint or repair from a peer).
+    """
+    names = args.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BadRequest("malformed insert: names")
+    idx = _array(args, "idx", np.uint32)
+    ts = _array(args, "ts", np.int64)
+    val = _array(args, "val", np.float64)
+    if not len(ts) == len(val) == len(idx) or not len(ts):
+        raise BadRequest("malformed insert: column lengths differ")
+    if int(idx.max()) >= len(names):
+        raise BadRequest("malformed insert: series index out of range")
+    if version is None:
+        raw = args.get("ver")
+        if isinstance(raw, int) and raw >= 0:
+            version = raw
+        else:
+            ver = _array(args, "ver", np.uint64)
+            if len(ver) != len(ts):
+                raise BadRequest("malformed insert: column lengths differ")
+            return WriteRequest(names, idx, ts, val, ver)
+    return WriteRequest(names, idx, ts, val, version)
+
+
+class LocalReplica:
+    """This node's own copy of the data: group commit of writes, local reads, upkeep."""
+
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self.clock = VersionClock(node_tag(config.node_id))
+        self.clock.observe(storage.version_high)
+        self._flush_blocked_until = 0.0
+        self.commits = 0
+        self.points_written = 0
+
+    def commit(self, writes: list[WriteRequest]) -> Result:
+        """Make a group of writes durable together (one WAL append): 201, or the error for all."""
+        try:
+            self.storage.write(writes)
+        except CountError as exc:
+            return exc.status, str(exc)
+        except Exception:
+            log.exception("Write of %d requests failed", len(writes))
+            return 500, "internal error while writing; see the node's log"
+        self.commits += 1
+        self.points_written += sum(len(w.ts) for w in writes)
+        for w in writes:
+            self.clock.observe(w.version_max())
+        return 201, None
+
+    def read(self, series: str, start: int, end: int) -> Columns:
+        """Every point of a series in [start, end] with its write version (CountError if bad)."""
+        return self.storage.read(series, start, end, self.config.max_query_points)
+
+    def list_series(self, prefix: str, limit: int) -> list[str]:
+        return self.storage.list_series(prefix, limit)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.storage.stats()
+        stats.update(commits_served=self.commits, points_written=self.points_written)
+        return stats
+
+    # -- background work -------------------------------------------------------------------
+
+    def maintain(self, idle: bool) -> bool:
+        """Flush and compact as due; True if more work is waiting (poll without sleeping).
+
+        A failure here (a full disk, a bug) is logged and retried later; it must never take
+        the node process down, since reads can still be served.
+        """
+        try:
+            return self._maintain(idle)
+        except Exception:
+            log.exception("Background storage work failed; retrying in %.0f s", FLUSH_RETRY_S)
+            self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+            return False
+
+    def _maintain(self, idle: bool) -> bool:
+        storage = self.storage
+        now = time.monotonic()
+        if storage.flush_due() and now >= self._flush_blocked_until:
+            try:
+                storage.flush()
+            except CountError as exc:
+                self._flush_blocked_until = now + FLUSH_RETRY_S
+                log.error("Flush failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
+        if now < self._flush_blocked_until:
+            return False
+        if storage.compaction is None and storage.compaction_due(idle):
+            storage.start_compaction()
+        # Compaction normally takes one bounded step per turn; a growing backlog of segments
+        # (writes outpacing it) buys it more steps per turn, which slows writes instead of
+        # letting segments, and the cost of every read, grow without bound.
+        steps = 1 + storage.segment_count() // SEGMENTS_MAX
+        for _ in range(steps):
+            if storage.compaction is None:
+                break
+            try:
+                storage.compaction_step()
+            except CountError as exc:
+                self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+                log.error("Compaction step failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
+                return False
+        return storage.compaction is not None
+
+    def next_wakeup_s(self) -> float | None:
+        """Seconds until background work is due (a flush), or None if nothing is pending."""
+        wake = self.storage.seconds_to_flush()
+        if wake is None:
+            return None
+        return max(wake, self._flush_blocked_until - time.monotonic(), 0.0)
