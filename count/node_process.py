@@ -146,6 +146,8 @@ class NodeLoop:
         if self.gossip is not None and self.gossip.sub in ready:
             for beat in self.gossip.receive():
                 self._membership_events(self.membership.receive(beat, now))
+        # Replica writes leave before the local commit, so peers sync while this node does.
+        self._pump(now)
         co.finish_turn()
         if self.gossip is not None and now >= self.next_heartbeat_s:
             self.next_heartbeat_s = now + self.config.heartbeat_interval_ms / 1000
@@ -153,8 +155,12 @@ class NodeLoop:
             self._membership_events(self.membership.tick(now))
         co.background(now)
         co.finish_turn()
+        self._pump(now)
+
+    def _pump(self, now_s: float) -> None:
         for channel in self.channels.values():
-            channel.pump(now)
+            if channel.busy:
+                channel.pump(now_s)
 
     def _worker_reply(self, identity: bytes, req_id: int):  # noqa: ANN202 - a closure
         def reply(status: int, body: object) -> None:

@@ -426,7 +426,7 @@ class Coordinator:
                 reply(*bad[0])
                 return
             got = [node for node in asked if node in answers]
-            if sum(node in replicas for node in got) < needed and len(got) < needed:
+            if len(got) < needed:
                 detail = "; ".join(f"node {self._name(n)}: {m}" for n, (_, m) in errors.items())
                 log.warning("Query failed: %s read reached %d of %d nodes (%s)", series,
                             len(got), len(asked), detail)

@@ -14,6 +14,7 @@ log = logging.getLogger("count.cluster")
 HEARTBEAT_BYTES_MAX = 64 * 1024
 # Heartbeats taken per turn (a few per peer; the rest wait).
 RECEIVE_PER_TURN_MAX = 1024
+LEAVING_LINGER_MS = 500
 
 
 class Gossip:
@@ -52,5 +53,5 @@ class Gossip:
         return beats
 
     def close(self) -> None:
-        self.pub.close(linger=0)
+        self.pub.close(linger=LEAVING_LINGER_MS)  # let the "leaving" heartbeat go out
         self.sub.close(linger=0)
