@@ -57,6 +57,8 @@ class HintLog:
                 target, _, series = bytes(key).partition(b"\0")
                 self._hints.setdefault(target.decode(), {})[series.decode()] = Hint(
                     *msgpack.unpackb(value))
+        self._totals = {target: sum(h.points for h in table.values())
+                        for target, table in self._hints.items()}
         self.added = 0
         self.delivered_points = 0
 
@@ -72,6 +74,7 @@ class HintLog:
                 hint.min_ts, hint.max_ts = min(hint.min_ts, low), max(hint.max_ts, high)
                 hint.points += points
                 hint.revision += 1
+                self._totals[target] = self._totals.get(target, 0) + points
                 changed[_key(target, series)] = hint
         if not changed:
             return
@@ -88,8 +91,7 @@ class HintLog:
 
     def pending(self) -> dict[str, int]:
         """Points held per target replica (what gossip advertises, so reads ask this node)."""
-        return {target: sum(h.points for h in table.values())
-                for target, table in self._hints.items() if table}
+        return {target: total for target, total in self._totals.items() if total}
 
     def take(self, target: str, series_max: int) -> list[tuple[str, Hint]]:
         """Up to ``series_max`` of a target's hints, oldest first, as copies."""
@@ -111,4 +113,6 @@ class HintLog:
 
         self.storage.transact(body)
         for series in done:
-            self.delivered_points += table.pop(series).points
+            points = table.pop(series).points
+            self.delivered_points += points
+            self._totals[target] -= points

@@ -13,6 +13,7 @@ RF=2, fast heartbeats, shared by the read/write tests that leave it whole).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -207,7 +208,6 @@ class Cluster:
     def insert(self, i: int, points: Any, consistency: str | None = None,
                expect: int | None = 201) -> requests.Response:
         params = {"consistency": consistency} if consistency else None
-        import json
         resp = self.nodes[i].post("/insert", data=json.dumps(points).encode(), params=params,
                                   headers={"Content-Type": "application/json"})
         if expect is not None:
