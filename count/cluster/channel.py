@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from count.cluster.tcp import configure
 from count.cluster.wire import OPS_PER_MESSAGE_MAX, WireError, pack_ops, unpack_results
 
 log = logging.getLogger("count.cluster")
@@ -53,8 +54,7 @@ class PeerChannel:
 
     def _open(self) -> zmq.Socket:
         if self.sock is None:
-            self.sock = self.context.socket(zmq.REQ)
-            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock = configure(self.context.socket(zmq.REQ))
             self.sock.connect(self.endpoint)
         return self.sock
 

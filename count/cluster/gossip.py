@@ -8,6 +8,7 @@ import msgpack
 import zmq
 
 from count.cluster.membership import Heartbeat
+from count.cluster.tcp import configure
 
 log = logging.getLogger("count.cluster")
 
@@ -19,12 +20,10 @@ LEAVING_LINGER_MS = 500
 
 class Gossip:
     def __init__(self, context: zmq.Context, bind_endpoint: str, peer_endpoints: list[str]) -> None:
-        self.pub = context.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub = configure(context.socket(zmq.PUB))
         self.pub.setsockopt(zmq.SNDHWM, 16)
         self.pub.bind(bind_endpoint)
-        self.sub = context.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub = configure(context.socket(zmq.SUB))
         self.sub.setsockopt(zmq.RCVHWM, 256)
         self.sub.setsockopt(zmq.MAXMSGSIZE, HEARTBEAT_BYTES_MAX)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")

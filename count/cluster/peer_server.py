@@ -6,6 +6,7 @@ import logging
 
 import zmq
 
+from count.cluster.tcp import configure
 from count.cluster.wire import Op, Result, WireError, pack_results, unpack_ops
 
 log = logging.getLogger("count.cluster")
@@ -16,8 +17,7 @@ MESSAGES_PER_TURN_MAX = 64
 
 class PeerServer:
     def __init__(self, context: zmq.Context, endpoint: str, message_bytes_max: int) -> None:
-        self.sock = context.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock = configure(context.socket(zmq.ROUTER))
         self.sock.setsockopt(zmq.MAXMSGSIZE, message_bytes_max)
         self.sock.bind(endpoint)
         self.rejected = 0
