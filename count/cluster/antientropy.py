@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from count.cluster.merkle import BUCKET_MS, bucket_digests, combine, differing
+from count.cluster.merkle import BUCKET_MS, bucket_digests, combine, differing, newer_points
 from count.errors import BadRequest
 from count.storage.engine import WriteRequest
-from count.storage.merge import Columns
+from count.storage.merge import Columns, merge_sorted
 
 if TYPE_CHECKING:
     from count.cluster.coordinator import Coordinator
@@ -274,8 +274,12 @@ class _Round:
                 if pending[0] == 0:
                     self.exchange()
 
-            for node, cols, key in ((self.co.self_address, theirs, "points_received"),
-                                    (self.peer, ours, "points_sent")):
+            # Each side gets only what it lacks or holds older: a bucket differs when one
+            # point does, and copying it whole would move (and count) every point of it.
+            merged = merge_sorted([ours, theirs])
+            for node, cols, key in ((self.co.self_address, newer_points(merged, ours),
+                                     "points_received"),
+                                    (self.peer, newer_points(merged, theirs), "points_sent")):
                 if len(cols):
                     pending[0] += 1
                     self.report[key] += len(cols)
