@@ -131,9 +131,9 @@ def format_status(status: dict[str, Any]) -> str:
     """A nodetool-status-like table of GET /cluster/status."""
     members = status.get("members") or []
     up = sum(1 for m in members if m.get("alive"))
-    lines = [f"Cluster: {status.get('status')}, {up} of {len(members)} nodes up, "
-             f"replication factor {status.get('replication_factor')}, "
-             f"ring {status.get('ring')}\n"]
+    lines = [(f"Cluster: {status.get('status')}, {up} of {len(members)} nodes up, "
+              f"replication factor {status.get('replication_factor')}, "
+              f"ring {status.get('ring')}\n")]
     rows = [("", "State", "Node", "Address", "Points", "Bytes", "Hints", "Heartbeat")]
     for m in members:
         state = "Up" if m.get("alive") else "Down"

@@ -162,7 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Initial LMDB map size; it doubles whenever it fills.", 1, 1 << 24),
     Setting("CLUSTER_PORT_OFFSET", "cluster_port_offset", _parse_int, "1000",
             "Inter-node ports: gossip on the HTTP port plus this, replica traffic on the HTTP "
-            "port plus twice this.", 1, 30_000),
+            "port plus twice this.", 1, 28_000),
     Setting("HEARTBEAT_INTERVAL_MS", "heartbeat_interval_ms", _parse_int, "1000",
             "How often a node publishes its gossip heartbeat.", 50, 60_000),
     Setting("FAILURE_TIMEOUT_MS", "failure_timeout_ms", _parse_int, "4000",

@@ -311,8 +311,10 @@ class Coordinator:
         group_of: dict[tuple[tuple[str, str | None], ...], int] = {}
         range_group = np.empty(len(unique), np.int64)
         for i, r in enumerate(unique):
-            targets = tuple(sloppy_targets(self.ring.range_preference(int(r)), self.rf,
-                                           self.alive))
+            # A replica down past the hint window gets no stand-in: anti-entropy repairs it.
+            targets = tuple((node, hint) for node, hint in sloppy_targets(
+                self.ring.range_preference(int(r)), self.rf, self.alive)
+                if hint is None or self.hint_allowed(hint))
             range_group[i] = group_of.setdefault(targets, len(group_of))
         name_group = range_group[inverse]
         by_dest: dict[tuple[str, str | None], list[int]] = {}
@@ -550,7 +552,7 @@ class Coordinator:
         reply(200, {"node_id": self.config.node_id, "address": self.self_address,
                     "status": self.membership.health(),
                     "cluster_size": self.membership.alive_count(),
-                    "replication_factor": self.config.replication_factor,
+                    "replication_factor": self.rf,
                     "ring": self.ring.digest(), "members": members})
 
     # -- operations peers ask of this node ------------------------------------------------

@@ -42,7 +42,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "MAX_SERIES_NAME_LENGTH": ["", "long"],
     "MAX_QUERY_POINTS": ["", "10M"],
     "LMDB_MAP_SIZE_MB": ["", "1G"],
-    "CLUSTER_PORT_OFFSET": ["0", "40000", "x"],
+    "CLUSTER_PORT_OFFSET": ["0", "30000", "x"],
     "HEARTBEAT_INTERVAL_MS": ["10", "1s", ""],
     "FAILURE_TIMEOUT_MS": ["100", "-1"],
     "REPLICA_TIMEOUT_MS": ["10", "2s"],
