@@ -316,12 +316,14 @@ class Coordinator:
                 self.ring.range_preference(int(r)), self.rf, self.alive)
                 if hint is None or self.hint_allowed(hint))
             range_group[i] = group_of.setdefault(targets, len(group_of))
+        sizes = [len(targets) for targets in group_of]
+        if len(group_of) == 1:  # one replica set (e.g. one series): every target gets it all
+            return [(node, hint, write, [0]) for node, hint in next(iter(group_of))], sizes
         name_group = range_group[inverse]
         by_dest: dict[tuple[str, str | None], list[int]] = {}
         for targets, g in group_of.items():
             for dest in targets:
                 by_dest.setdefault(dest, []).append(g)
-        sizes = [len(targets) for targets in group_of]
         parts = [(node, hint, subset(write, np.isin(name_group, groups)), groups)
                  for (node, hint), groups in by_dest.items()]
         return parts, sizes
