@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import lmdb
+import msgpack
 import numpy as np
 
 from count.cluster.antientropy import AntiEntropy
@@ -45,6 +47,7 @@ HANDOFF_RETRY_S = 1.0
 WARN_EVERY_S = 5.0
 # Rounds of commit -> callbacks in one turn (a read's repair of this node is the second).
 TURN_ROUNDS_MAX = 4
+MEMBER_IDS_KEY = b"member_ids"
 
 
 def required(level: str, rf: int) -> int:
@@ -197,6 +200,9 @@ class Coordinator:
         self._handoff_busy: set[str] = set()
         self._handoff_next_s = 0.0
         self._warned_s: dict[str, float] = {}
+        with replica.storage.env.begin() as txn:
+            known = txn.get(MEMBER_IDS_KEY, db=replica.storage.db["meta"])
+        self.member_ids: dict[str, int | str] = msgpack.unpackb(known) if known else {}
         self.anti_entropy = AntiEntropy(self)
         self.counters = {"inserts": 0, "reads": 0, "replica_writes_failed": 0,
                          "hints_stored": 0, "hinted_points_delivered": 0,
@@ -262,11 +268,12 @@ class Coordinator:
             reply(500, "internal error; see the node's log")
 
     def after_commit(self, thunk: Callable[[], None]) -> None:
-        """Run ``thunk`` once this turn's writes are committed (reads see this turn's writes)."""
+        """Run ``thunk`` after this turn's writes are handed to storage."""
         self._after_commit.append(thunk)
 
     def finish_turn(self) -> None:
-        """Commit every write queued this turn at once, then run what waited for it."""
+        """Commit every write queued this turn at once, then run what waited for it (reads
+        run once the writes are staged; a write is answered once it is durable)."""
         for _ in range(TURN_ROUNDS_MAX):
             if not self._writes and not self._after_commit:
                 return
@@ -281,16 +288,18 @@ class Coordinator:
                     log.exception("Query failed after commit")
 
     def _commit(self, writes: list[tuple[WriteRequest, str | None, Reply]]) -> None:
-        status, body = self.replica.commit([w for w, _, _ in writes])
-        hinted = [(hint, w) for w, hint, _ in writes if hint is not None]
-        if status < 300 and hinted:
-            try:
-                self.hints.add(hinted, time.time())
-                self.counters["hints_stored"] += len(hinted)
-            except CountError as exc:
-                status, body = exc.status, str(exc)
-        for _, _, reply in writes:
-            reply(status, body)
+        def durable(status: int, body: Any) -> None:
+            hinted = [(hint, w) for w, hint, _ in writes if hint is not None]
+            if status < 300 and hinted:
+                try:
+                    self.hints.add(hinted, time.time())
+                    self.counters["hints_stored"] += len(hinted)
+                except CountError as exc:
+                    status, body = exc.status, str(exc)
+            for _, _, reply in writes:
+                reply(status, body)
+
+        self.replica.commit([w for w, _, _ in writes], durable)
 
     def write_here(self, write: WriteRequest, hint: str | None, reply: Reply) -> None:
         """Queue a write to this node's replica for this turn's commit."""
@@ -311,10 +320,8 @@ class Coordinator:
         group_of: dict[tuple[tuple[str, str | None], ...], int] = {}
         range_group = np.empty(len(unique), np.int64)
         for i, r in enumerate(unique):
-            # A replica down past the hint window gets no stand-in: anti-entropy repairs it.
-            targets = tuple((node, hint) for node, hint in sloppy_targets(
-                self.ring.range_preference(int(r)), self.rf, self.alive)
-                if hint is None or self.hint_allowed(hint))
+            targets = tuple(sloppy_targets(self.ring.range_preference(int(r)), self.rf,
+                                           self.alive))
             range_group[i] = group_of.setdefault(targets, len(group_of))
         sizes = [len(targets) for targets in group_of]
         if len(group_of) == 1:  # one replica set (e.g. one series): every target gets it all
@@ -329,7 +336,14 @@ class Coordinator:
         return parts, sizes
 
     def send_write(self, node: str, write: WriteRequest, hint: str | None, reply: Reply) -> None:
-        """Write to one node (this one or a peer); a failed replica write leaves a hint here."""
+        """Write to one node (this one or a peer); a failed replica write leaves a hint here.
+
+        ``hint`` names the replica a stand-in writes for. Past that replica's hint window the
+        stand-in still takes the points (they count for the write) but keeps no hint: the
+        live replicas and anti-entropy repair the replica when it is back."""
+        stands_for = hint
+        if hint is not None and not self.hint_allowed(hint):
+            hint = None
         if node == self.self_address:
             self.write_here(write, hint, reply)
             return
@@ -337,7 +351,7 @@ class Coordinator:
         def on_result(status: int, body: Any) -> None:
             if status >= 300:
                 self.counters["replica_writes_failed"] += 1
-                target = hint or node
+                target = stands_for or node
                 self._warn(node, f"Replication to node {self._name(node)} failed: {body}")
                 if status in (503, 507) and self.hint_allowed(target):
                     self.write_here(write, target, lambda s, b: None)
@@ -362,6 +376,15 @@ class Coordinator:
                 f"{self.membership.size} members alive, fewer than a majority, so it refuses "
                 "writes; send them to a node on the majority side")
         parts, sizes = self._placement(write)
+        if level == "all":
+            # ALL means every real replica, as in Cassandra: a stand-in still takes the
+            # points and a hint, but does not count.
+            sizes = [0] * len(sizes)
+            for _, hint, _, groups in parts:
+                for g in groups if hint is None else ():
+                    sizes[g] += 1
+            parts = [(node, hint, part, groups if hint is None else [])
+                     for node, hint, part, groups in parts]
         needed = required(level, self.rf)
         if min(sizes) < needed:
             raise Unavailable(f"only {min(sizes)} of {self.rf} replicas are reachable but "
@@ -430,7 +453,8 @@ class Coordinator:
                 reply(*bad[0])
                 return
             got = [node for node in asked if node in answers]
-            if len(got) < needed:
+            counted = [n for n in got if n in replicas] if level == "all" else got
+            if len(counted) < needed:
                 detail = "; ".join(f"node {self._name(n)}: {m}" for n, (_, m) in errors.items())
                 log.warning("Query failed: %s read reached %d of %d nodes (%s)", series,
                             len(got), len(asked), detail)
@@ -523,7 +547,25 @@ class Coordinator:
 
     def _name(self, address: str) -> int | str:
         node_id = self.membership.node_id(address)
+        if node_id is None:
+            node_id = self.member_ids.get(address)
         return address if node_id is None else node_id
+
+    def learn_id(self, address: str, node_id: int | str | None) -> None:
+        """Remember a member's NODE_ID (from its heartbeat) across restarts, so that
+        endpoints and status name a member by id even before it is heard from again."""
+        if node_id is None or self.member_ids.get(address) == node_id:
+            return
+        self.member_ids[address] = node_id
+        packed = msgpack.packb(self.member_ids)
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.put(MEMBER_IDS_KEY, packed, db=self.replica.storage.db["meta"])
+
+        try:
+            self.replica.storage.transact(body)
+        except CountError as exc:
+            log.warning("Could not record the id of node %s: %s", node_id, exc)
 
     def _endpoints(self, args: dict[str, Any], reply: Reply) -> None:
         series = args.get("series")

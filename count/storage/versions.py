@@ -1,19 +1,20 @@
 """Write versions: the order that last-write-wins uses to pick between two writes of a point.
 
-A version is a 64-bit hybrid logical clock reading: wall-clock seconds (34 bits), a logical
-counter (14 bits) that orders the writes of one second, and a 16-bit tag from the
-coordinator's node id so that two coordinators never mint the same version. The coordinator
-assigns one version per write request; replicas store it unchanged, so every replica resolves
-a conflict the same way.
+A version is a 64-bit hybrid logical clock reading: wall-clock milliseconds (42 bits, until
+the year 2109), a logical counter (6 bits) that orders the writes of one millisecond, and a
+16-bit tag from the coordinator's node id so that two coordinators never mint the same
+version. The coordinator assigns one version per write request; replicas store it unchanged,
+so every replica resolves a conflict the same way, and every coordinator observes the
+versions it stores, as a hybrid clock does.
 
-Why seconds and a counter rather than milliseconds: consecutive requests of a coordinator
-then get consecutive versions (+1 logical step), which the block codec stores in almost no
-bits, where millisecond jitter would cost several bits per request in every series. Writes of
-one coordinator keep their exact order; two writes of the same point through different
-coordinators within one second are ordered by their counters, deterministically, which is
-as good as wall clocks of different machines can tell them apart anyway. The counter allows
-16,384 requests per second per coordinator before the clock runs ahead of wall time (it
-catches up when the load drops).
+Why milliseconds: a client that overwrites a point through another node after its first
+write was acknowledged expects the second write to win. Two coordinators only share wall
+time, so the physical part must be finer than the time between two such writes; with
+seconds, a rewrite within the same second through another node lost to the tag tie-break.
+Writes of one coordinator keep their exact order. The counter allows 64 requests per
+millisecond per coordinator before the clock runs ahead of wall time (it catches up when
+the load drops). The block codec stores a batch's single version in a run, so batches cost
+nothing extra; single-point writes pay a few bits per point for the millisecond deltas.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import time
 from collections.abc import Callable
 
 TAG_BITS = 16
-LOGICAL_BITS = 14
+LOGICAL_BITS = 6
 _TICK = 1 << TAG_BITS  # one logical step
-_SECONDS_SHIFT = TAG_BITS + LOGICAL_BITS
+_MS_SHIFT = TAG_BITS + LOGICAL_BITS
 _TAG_MASK = (1 << TAG_BITS) - 1
 
 
@@ -35,9 +36,9 @@ def node_tag(node_id: int | str) -> int:
     return int.from_bytes(digest[:2], "big")
 
 
-def version_s(version: int) -> int:
-    """The wall-clock second a version was minted in (or logically after)."""
-    return version >> _SECONDS_SHIFT
+def version_ms(version: int) -> int:
+    """The wall-clock millisecond a version was minted in (or logically after)."""
+    return version >> _MS_SHIFT
 
 
 class VersionClock:
@@ -51,7 +52,7 @@ class VersionClock:
 
     def next(self) -> int:
         """A version greater than every version minted or observed so far."""
-        physical = (self._now_ms() // 1000) << _SECONDS_SHIFT
+        physical = self._now_ms() << _MS_SHIFT
         base = max(physical, (self._last & ~_TAG_MASK) + _TICK)
         self._last = base | self._tag
         return self._last

@@ -14,6 +14,7 @@ RF=2, fast heartbeats, shared by the read/write tests that leave it whole).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -86,21 +87,49 @@ class Cluster:
     # -- process control ---------------------------------------------------------------------
 
     def start(self, ids: list[int] | None = None, timeout: float = START_TIMEOUT_S,
-              converge: bool = True) -> Cluster:
+              converge: bool = True, _baseline: dict[tuple[int, int], int] | None = None
+              ) -> Cluster:
         """Start the given nodes (default: all that are not running) and wait until each
-        answers; then, if ``converge``, until every live node sees every live node."""
+        answers; then, if ``converge``, until every running node has heard from this run of
+        each started node and every running node sees every running node alive."""
         ids = [i for i in (ids or self.ids) if not self.nodes[i].running()]
+        baseline = self._rejoin_baseline(ids) if _baseline is None else _baseline
         for i in ids:  # from this thread: PR_SET_PDEATHSIG is per forking thread
             self.nodes[i].start()
         for i in ids:
             self.nodes[i].wait_ready(timeout)
         if converge:
+            self._wait_rejoined(baseline)
             self.wait_converged()
         return self
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i``'s whole process tree."""
         self.nodes[i].kill()
+
+    # A peer that has not noticed a quick kill still counts the old run as alive, so "sees
+    # every node alive" alone does not say it has met the new run: its log line does.
+    def _rejoins(self, observer: int, i: int) -> int:
+        return len(re.findall(rf"Node {i} (?:joining|back online|restarted) \(",
+                              self.nodes[observer].log))
+
+    def _rejoin_baseline(self, ids: list[int]) -> dict[tuple[int, int], int]:
+        """For each running node j not in ``ids``: how often it has logged meeting each i."""
+        return {(j, i): self._rejoins(j, i) for j in self.live_ids() if j not in ids
+                for i in ids}
+
+    def _wait_rejoined(self, baseline: dict[tuple[int, int], int],
+                       timeout: float = CLUSTER_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [(j, i) for (j, i), n in baseline.items()
+                       if self.nodes[j].running() and self._rejoins(j, i) <= n]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise NodeError(f"node(s) {waiting} (observer, started) never logged meeting the "
+                                f"new run within {timeout} s\n{self.log_tails()}")
+            time.sleep(0.1)
 
     def stop(self, i: int, timeout: float | None = None) -> int:
         """SIGTERM node ``i`` (a clean stop: it says it is leaving); its exit code."""
@@ -111,25 +140,23 @@ class Cluster:
         """Start node ``i`` again on the same DATA_DIR (SIGKILLed first if still running, or
         stopped with ``sig``); then wait until the live nodes see each other."""
         node = self.nodes[i]
+        baseline = self._rejoin_baseline([i])
         if node.running():
             if sig is None:
                 node.kill()
             else:
                 node.stop(sig)
-        node.start_ready()
-        if converge:
-            self.wait_converged()
+        self.start([i], converge=converge, _baseline=baseline)
         return node
 
     def wipe(self, i: int, converge: bool = True) -> CountNode:
         """Kill node ``i``, delete its DATA_DIR and start it again, empty."""
         node = self.nodes[i]
+        baseline = self._rejoin_baseline([i])
         node.kill()
         shutil.rmtree(node.data_dir, ignore_errors=True)
         assert not node.data_dir.exists()
-        node.start_ready()
-        if converge:
-            self.wait_converged()
+        self.start([i], converge=converge, _baseline=baseline)
         return node
 
     def cleanup(self) -> None:

@@ -8,31 +8,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from count.storage.versions import TAG_BITS, VersionClock, node_tag, version_s
+from count.storage.versions import TAG_BITS, VersionClock, node_tag, version_ms
 
 TAG_MASK = (1 << TAG_BITS) - 1
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z, in ms
-NOW_S = NOW // 1000
 
 
 def _strictly_increasing(values):
     return all(b > a for a, b in itertools.pairwise(values))
 
 
-def test_first_version_carries_wall_clock_seconds_and_tag():
+def test_first_version_carries_wall_clock_milliseconds_and_tag():
     clock = VersionClock(0x1234, now_ms=lambda: NOW)
     v = clock.next()
-    assert version_s(v) == NOW_S
+    assert version_ms(v) == NOW
     assert v & TAG_MASK == 0x1234
 
 
 def test_default_clock_uses_wall_time():
     import time
 
-    before = time.time_ns() // 1_000_000_000
+    before = time.time_ns() // 1_000_000
     v = VersionClock(7).next()
-    after = time.time_ns() // 1_000_000_000
-    assert before <= version_s(v) <= after
+    after = time.time_ns() // 1_000_000
+    assert before <= version_ms(v) <= after
     assert v & TAG_MASK == 7
 
 
@@ -42,9 +41,10 @@ def test_frozen_clock_still_strictly_increasing(tag):
     versions = [clock.next() for _ in range(5000)]
     assert _strictly_increasing(versions)
     assert all(v & TAG_MASK == tag for v in versions)
-    # 5000 writes in one frozen second stay within it: the counter orders them
-    assert version_s(versions[0]) == NOW_S
-    assert version_s(versions[-1]) == NOW_S
+    # 64 writes fit one frozen millisecond; more run the clock ahead, never backwards
+    assert version_ms(versions[0]) == NOW
+    assert version_ms(versions[63]) == NOW
+    assert version_ms(versions[-1]) == NOW + 5000 // 64
 
 
 def test_backwards_clock_still_strictly_increasing():
@@ -52,7 +52,7 @@ def test_backwards_clock_still_strictly_increasing():
     clock = VersionClock(3, now_ms=lambda: next(now))
     versions = [clock.next() for _ in range(1000)]
     assert _strictly_increasing(versions)
-    assert all(version_s(v) >= NOW_S for v in versions)
+    assert all(version_ms(v) >= NOW for v in versions)
 
 
 def test_clock_jumping_back_far():
@@ -68,10 +68,10 @@ def test_clock_moving_forward_follows_wall_time():
     clock = VersionClock(1, now_ms=lambda: next(now))
     versions = [clock.next() for _ in range(1000)]
     assert _strictly_increasing(versions)
-    assert [version_s(v) for v in versions] == [t // 1000 for t in range(NOW, NOW + 1000 * 50, 50)]
+    assert [version_ms(v) for v in versions] == list(range(NOW, NOW + 1000 * 50, 50))
 
 
-def test_consecutive_versions_of_one_second_are_one_step_apart():
+def test_consecutive_versions_of_one_millisecond_are_one_step_apart():
     clock = VersionClock(0xABCD, now_ms=lambda: NOW)
     versions = [clock.next() for _ in range(100)]
     assert {b - a for a, b in itertools.pairwise(versions)} == {1 << TAG_BITS}
@@ -85,7 +85,7 @@ def test_observe_moves_past_a_higher_version():
     v = clock.next()
     assert v > seen
     assert v & TAG_MASK == 5
-    assert version_s(v) >= NOW_S + 60
+    assert version_ms(v) >= NOW + 60_000
 
 
 def test_observe_lower_version_changes_nothing():
@@ -127,7 +127,7 @@ def test_versions_exceed_everything_minted_or_observed(tag, ops):
             v = clock.next()
             assert v > highest
             assert v & TAG_MASK == tag
-            assert version_s(v) >= value // 1000
+            assert version_ms(v) >= value
             highest = v
         else:
             clock.observe(value)
@@ -136,16 +136,16 @@ def test_versions_exceed_everything_minted_or_observed(tag, ops):
 
 @given(ms=st.integers(0, (1 << 44) - 1), tag=st.integers(0, TAG_MASK))
 @settings(max_examples=100, deadline=None)
-def test_version_s_inverts_a_fresh_clock(ms, tag):
-    assert version_s(VersionClock(tag, now_ms=lambda: ms).next()) == ms // 1000
+def test_version_ms_inverts_a_fresh_clock(ms, tag):
+    assert version_ms(VersionClock(tag, now_ms=lambda: ms).next()) == ms
 
 
-def test_version_s_orders_like_versions():
+def test_version_ms_orders_like_versions():
     clock = VersionClock(0xFFFF, now_ms=lambda: NOW)
     later = VersionClock(0, now_ms=lambda: NOW + 1000)
     a, b = clock.next(), later.next()
     assert a < b
-    assert version_s(a) < version_s(b)
+    assert version_ms(a) < version_ms(b)
 
 
 def test_node_tag_is_stable_and_16_bit():
