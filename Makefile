@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench
+.PHONY: run test bench bench-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,3 +19,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python scripts/bench_node.py
+
+bench-cluster: $(STAMP)
+	$(VENV)/bin/python scripts/bench_cluster.py

@@ -167,15 +167,15 @@ SETTINGS: tuple[Setting, ...] = (
             "How often a node publishes its gossip heartbeat.", 50, 60_000),
     Setting("FAILURE_TIMEOUT_MS", "failure_timeout_ms", _parse_int, "4000",
             "Longest silence before a member is marked down (the phi detector may mark it "
-            "sooner).", 200, 600_000),
+            "sooner); taken as at least twice HEARTBEAT_INTERVAL_MS.", 200, 600_000),
     Setting("REPLICA_TIMEOUT_MS", "replica_timeout_ms", _parse_int, "2000",
             "Deadline of one attempt of a message to a peer; then the socket is reopened "
             "(Lazy Pirate).", 50, 600_000),
     Setting("REPLICA_RETRIES", "replica_retries", _parse_int, "1",
             "Attempts after the first before a peer message fails.", 0, 10),
     Setting("MAX_HINT_WINDOW_SECONDS", "max_hint_window_seconds", _parse_int, "10800",
-            "Hints are kept for a down replica only while it has been down less than this; "
-            "past it anti-entropy repairs it.", 0, 30 * 86_400),
+            "Hints are taken for a down replica only while it has been down less than this; "
+            "past it, anti-entropy and read repair bring it up to date.", 0, 30 * 86_400),
     Setting("ANTI_ENTROPY_INTERVAL_SECONDS", "anti_entropy_interval_seconds", _parse_int, "60",
             "How often a node compares Merkle digests with each peer it shares ranges with "
             "(0 turns the background job off; POST /cluster/repair still works).",

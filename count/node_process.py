@@ -52,7 +52,9 @@ class NodeLoop:
         self.membership = Membership(
             self_address, config.node_id, members,
             heartbeat_interval_s=config.heartbeat_interval_ms / 1000,
-            failure_timeout_s=config.failure_timeout_ms / 1000)
+            # One late heartbeat must never be taken for a failure.
+            failure_timeout_s=max(config.failure_timeout_ms,
+                                  2 * config.heartbeat_interval_ms) / 1000)
         peers = [m for m in members if m != self_address]
         self.channels = {
             m: PeerChannel(self.context, self_address, m,

@@ -522,52 +522,6 @@ def phase_rf_latency(workspace: Workspace, server_argv: Sequence[str], sizes: Si
 # --------------------------------------------------------------------------
 
 
-def post_spread(ports: Sequence[int], bodies: Sequence[tuple[bytes, int]], clients_per_node: int,
-                deadline: float) -> bn.IngestStats:
-    """POST every body over len(ports) * clients_per_node keep-alive connections, connection
-    i to ports[i % len(ports)], each taking the next body not yet sent."""
-    stats = bn.IngestStats()
-    lock = threading.Lock()
-    next_index = iter(range(len(bodies)))
-
-    def worker(port: int) -> None:
-        client = bn.KeepAliveClient(port)
-        try:
-            while time.monotonic() < deadline:
-                with lock:
-                    index = next(next_index, None)
-                if index is None:
-                    return
-                body, points = bodies[index]
-                status, reply = client.request("POST", "/insert", body)
-                with lock:
-                    stats.requests += 1
-                    if status == 201:
-                        stats.points += points
-                    else:
-                        stats.non_201 += 1
-                        stats.first_error = stats.first_error or f"HTTP {status}: {reply[:200]!r}"
-            stats.timed_out = True
-        except (OSError, http.client.HTTPException) as exc:
-            with lock:
-                stats.first_error = stats.first_error or f"{type(exc).__name__}: {exc}"
-        finally:
-            client.close()
-            with lock:
-                stats.server_closes += client.server_closes
-                stats.retries += client.retries
-
-    threads = [threading.Thread(target=worker, args=(ports[i % len(ports)],), daemon=True)
-               for i in range(len(ports) * clients_per_node)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stats.send_s = time.perf_counter() - started
-    return stats
-
-
 def phase_batch_ingest(cluster: Cluster, sizes: Sizes, clients_per_node: int) -> dict[str, Any]:
     results: dict[str, Any] = {"clients": clients_per_node * NODES}
     for form in ("objects", "columnar"):
@@ -581,7 +535,7 @@ def phase_batch_ingest(cluster: Cluster, sizes: Sizes, clients_per_node: int) ->
               f"{time.perf_counter() - generated:.1f} s")
         bn.wait_for_idle(cluster.root_pids())
         with CpuMeter(cluster.root_pids()) as cpu:
-            stats = post_spread(cluster.ports, bodies, clients_per_node,
+            stats = bn.post_bodies(cluster.ports, bodies, clients_per_node * len(cluster.ports),
                                 time.monotonic() + sizes.ingest_budget_s)
         bn.print_ingest(f"{form}, {clients_per_node * NODES} connections over {NODES} nodes",
                         stats)

@@ -647,14 +647,16 @@ class IngestStats:
         return {**asdict(self), "points_per_s": self.points_per_s}
 
 
-def post_bodies(port: int, bodies: Sequence[tuple[bytes, int]], connections: int,
-                deadline: float) -> IngestStats:
-    """POST every body to /insert over `connections` keep-alive connections."""
+def post_bodies(port: int | Sequence[int], bodies: Sequence[tuple[bytes, int]],
+                connections: int, deadline: float) -> IngestStats:
+    """POST every body to /insert over `connections` keep-alive connections; with several
+    ports (a cluster), connection i goes to ports[i % len(ports)]."""
+    ports = [port] if isinstance(port, int) else list(port)
     stats = IngestStats()
     lock = threading.Lock()
     next_index = iter(range(len(bodies)))
 
-    def worker() -> None:
+    def worker(port: int) -> None:
         client = KeepAliveClient(port)
         try:
             while time.monotonic() < deadline:
@@ -682,7 +684,8 @@ def post_bodies(port: int, bodies: Sequence[tuple[bytes, int]], connections: int
                 stats.retries += client.retries
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
+    threads = [threading.Thread(target=worker, args=(ports[i % len(ports)],), daemon=True)
+               for i in range(connections)]
     for thread in threads:
         thread.start()
     for thread in threads:

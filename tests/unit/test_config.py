@@ -343,3 +343,4 @@ def test_members_and_peer_ports():
     cluster = load_config({"CLUSTER_ENABLED": "true", "CLUSTER_NODES": "a:8080, b:8080"})
     assert cluster.members() == ["a:8080", "b:8080"]
     assert cluster.peer_ports(8080) == (9080, 10080)
+
