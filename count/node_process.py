@@ -118,9 +118,6 @@ class NodeLoop:
         while not self.stopping:
             poller = zmq.Poller()
             poller.register(self.router.sock, zmq.POLLIN)
-            syncer = self.replica.storage.syncer
-            if syncer is not None and self.replica.storage.in_flight():
-                poller.register(syncer.ready_fd, zmq.POLLIN)
             if self.peer_server is not None:
                 poller.register(self.peer_server.sock, zmq.POLLIN)
             if self.gossip is not None:
@@ -136,14 +133,10 @@ class NodeLoop:
             idle = time.monotonic() - last_request >= IDLE_AFTER_S
             more_work = self.replica.maintain(idle)
         self.turn({self.router.sock: zmq.POLLIN}, {})
-        self.replica.storage.drain()
-        self.coordinator.finish_turn()
-        self.replica.storage.drain()
         self._heartbeat("leaving")
 
     def turn(self, ready: dict, waiting: dict) -> None:
         co = self.coordinator
-        self.replica.storage.complete()  # answer the writes the syncer made durable
         if self.router.sock in ready:
             for identity, req in self.router.drain():
                 co.accept_local(req.op, req.args, self._worker_reply(identity, req.req_id))
@@ -204,7 +197,6 @@ def run_node_process(config: Config, self_address: str, endpoint: str, ready: Ev
         map_size_bytes=config.lmdb_map_size_mb << 20,
         buffer_points=config.memory_buffer_size,
         flush_interval_s=config.flush_interval_seconds,
-        background_sync=True,
     )
     loop = NodeLoop(config, self_address, endpoint, storage)
 

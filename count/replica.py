@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,26 +81,20 @@ class LocalReplica:
         self.commits = 0
         self.points_written = 0
 
-    def commit(self, writes: list[WriteRequest], done: Callable[[int, Any], None]) -> None:
-        """Make a group of writes durable together (one WAL record, one sync on the syncer
-        thread); ``done`` gets 201, or the error for all of them, once that is settled."""
-        def settled(error: CountError | None) -> None:
-            if error is not None:
-                done(error.status, str(error))
-                return
-            self.commits += 1
-            self.points_written += sum(len(w.ts) for w in writes)
-            for w in writes:
-                self.clock.observe(w.version_max())
-            done(201, None)
-
+    def commit(self, writes: list[WriteRequest]) -> Result:
+        """Make a group of writes durable together (one WAL append): 201, or the error for all."""
         try:
-            self.storage.submit(writes, settled)
+            self.storage.write(writes)
         except CountError as exc:
-            done(exc.status, str(exc))
+            return exc.status, str(exc)
         except Exception:
             log.exception("Write of %d requests failed", len(writes))
-            done(500, "internal error while writing; see the node's log")
+            return 500, "internal error while writing; see the node's log"
+        self.commits += 1
+        self.points_written += sum(len(w.ts) for w in writes)
+        for w in writes:
+            self.clock.observe(w.version_max())
+        return 201, None
 
     def read(self, series: str, start: int, end: int) -> Columns:
         """Every point of a series in [start, end] with its write version (CountError if bad)."""

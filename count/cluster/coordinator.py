@@ -268,12 +268,11 @@ class Coordinator:
             reply(500, "internal error; see the node's log")
 
     def after_commit(self, thunk: Callable[[], None]) -> None:
-        """Run ``thunk`` after this turn's writes are handed to storage."""
+        """Run ``thunk`` once this turn's writes are committed (reads see this turn's writes)."""
         self._after_commit.append(thunk)
 
     def finish_turn(self) -> None:
-        """Commit every write queued this turn at once, then run what waited for it (reads
-        run once the writes are staged; a write is answered once it is durable)."""
+        """Commit every write queued this turn at once, then run what waited for it."""
         for _ in range(TURN_ROUNDS_MAX):
             if not self._writes and not self._after_commit:
                 return
@@ -288,18 +287,16 @@ class Coordinator:
                     log.exception("Query failed after commit")
 
     def _commit(self, writes: list[tuple[WriteRequest, str | None, Reply]]) -> None:
-        def durable(status: int, body: Any) -> None:
-            hinted = [(hint, w) for w, hint, _ in writes if hint is not None]
-            if status < 300 and hinted:
-                try:
-                    self.hints.add(hinted, time.time())
-                    self.counters["hints_stored"] += len(hinted)
-                except CountError as exc:
-                    status, body = exc.status, str(exc)
-            for _, _, reply in writes:
-                reply(status, body)
-
-        self.replica.commit([w for w, _, _ in writes], durable)
+        status, body = self.replica.commit([w for w, _, _ in writes])
+        hinted = [(hint, w) for w, hint, _ in writes if hint is not None]
+        if status < 300 and hinted:
+            try:
+                self.hints.add(hinted, time.time())
+                self.counters["hints_stored"] += len(hinted)
+            except CountError as exc:
+                status, body = exc.status, str(exc)
+        for _, _, reply in writes:
+            reply(status, body)
 
     def write_here(self, write: WriteRequest, hint: str | None, reply: Reply) -> None:
         """Queue a write to this node's replica for this turn's commit."""

@@ -18,7 +18,6 @@ LMDB databases (all keys big-endian):
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import logging
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
-from count.errors import BadRequest, CountError, DiskFull
+from count.errors import BadRequest, DiskFull
 from count.storage import keys
 from count.storage.buffer import MemoryBuffer
 from count.storage.cache import BlockCache
@@ -39,7 +38,6 @@ from count.storage.codec import block_header, decode_block
 from count.storage.compaction import Compaction
 from count.storage.merge import EMPTY, Columns, merge_sorted
 from count.storage.segments import Segment, build_pack, build_segment
-from count.storage.syncer import Syncer
 from count.storage.wal import WriteAheadLog, decode_points, encode_points
 
 log = logging.getLogger("count.storage")
@@ -104,7 +102,6 @@ class Storage:
         map_size_bytes: int,
         buffer_points: int,
         flush_interval_s: float,
-        background_sync: bool = False,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         shutil.rmtree(os.path.join(path, _COMPACT_DIR), ignore_errors=True)
@@ -131,12 +128,7 @@ class Storage:
         self._writes = 0
         self._points_cache: tuple[float, int] = (-1e9, 0)
         self._segment_keys: list[bytes] = []
-        self._in_flight: collections.deque[tuple[int, tuple[np.ndarray, ...],
-                                                 Callable[[CountError | None], None]]] = \
-            collections.deque()
-        self._commit_seq = 0
         self._load()
-        self.syncer = Syncer(self.wal.sync) if background_sync else None
 
     # -- startup ---------------------------------------------------------------------------
 
@@ -204,54 +196,10 @@ class Storage:
     # -- writes ----------------------------------------------------------------------------
 
     def write(self, requests: list[WriteRequest]) -> None:
-        """Make a group of requests durable with one WAL append, then readable in the buffer."""
-        staged = self._stage(requests)
-        try:
-            self.wal.sync()
-        except OSError as exc:
-            raise self._wal_failed(exc) from None
-        self._publish(staged)
+        """Make a group of requests durable with one WAL append, then readable in the buffer.
 
-    def submit(self, requests: list[WriteRequest], done: Callable[[CountError | None], None]
-               ) -> None:
-        """Write a group of requests to the WAL and have the syncer make it durable; ``done``
-        runs from ``complete`` once it is (with None) or failed, and only then are the points
-        readable. Raises CountError at once if the group cannot even be written."""
-        assert self.syncer is not None
-        staged = self._stage(requests)
-        self._commit_seq += 1
-        self._in_flight.append((self._commit_seq, staged, done))
-        self.syncer.written(self._commit_seq)
-
-    def complete(self) -> None:
-        """Publish the groups the syncer has made durable and run their ``done``."""
-        if self.syncer is None or not self._in_flight:
-            return
-        synced, error = self.syncer.take()
-        failure = self._wal_failed(error) if error is not None else None
-        while self._in_flight and self._in_flight[0][0] <= synced:
-            _, staged, done = self._in_flight.popleft()
-            if failure is None:
-                self._publish(staged)
-            done(failure)
-
-    def drain(self) -> None:
-        """Wait until every submitted group is durable and published."""
-        if self.syncer is not None and self._in_flight:
-            self.syncer.wait()
-            self.complete()
-
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
-    def _wal_failed(self, exc: OSError) -> DiskFull:
-        log.error("Write failed: WAL append failed at %s (%s)", self.path, exc)
-        return DiskFull(f"disk full: no room to store the write under {self.path} "
-                        f"({exc.strerror or exc})")
-
-    def _stage(self, requests: list[WriteRequest]) -> tuple[np.ndarray, ...]:
-        """Give new series their ids (committed to LMDB first, so a WAL record never names an
-        unknown id) and write the group's WAL record, not yet synced."""
+        New series are committed to LMDB first, so a WAL record never names an unknown id.
+        """
         if self.flush_failing and len(self.buffer) >= BUFFER_LIMIT_FACTOR * self.buffer_points:
             # Flushes are failing (the disk is full): stop taking writes before memory goes.
             raise DiskFull(f"disk full: the memory buffer holds {len(self.buffer)} points that "
@@ -289,13 +237,11 @@ class Storage:
         val = np.concatenate([r.val for r in requests])
         ver = np.concatenate([r.versions() for r in requests])
         try:
-            self.wal.write(encode_points(sid, ts, val, ver))
+            self.wal.append(encode_points(sid, ts, val, ver))
         except OSError as exc:
-            raise self._wal_failed(exc) from None
-        return sid, ts, val, ver
-
-    def _publish(self, staged: tuple[np.ndarray, ...]) -> None:
-        sid, ts, val, ver = staged
+            log.error("Write failed: WAL append failed at %s (%s)", self.path, exc)
+            raise DiskFull(f"disk full: no room to store the write under {self.path} "
+                           f"({exc.strerror or exc})") from None
         self.buffer.append(sid, ts, val, ver)
         self.version_high = max(self.version_high, int(ver.max()))
         self._writes += 1
@@ -317,7 +263,6 @@ class Storage:
 
     def flush(self) -> None:
         """Move the memory buffer into one segment, then start the WAL's next generation."""
-        self.drain()  # the next generation overwrites the log: nothing may be left unsynced
         if not len(self.buffer):
             return
         started = time.perf_counter()
@@ -567,9 +512,6 @@ class Storage:
 
     def close(self, clean: bool = True) -> None:
         """Stop: on a clean stop flush, compact, and shrink the files; then close them."""
-        self.drain()
-        if self.syncer is not None:
-            self.syncer.close()
         if not clean:
             self.wal.close(truncate=False)
             self.env.close()
