@@ -143,7 +143,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Log filter, e.g. `info` or `count.storage=debug,info` (RUST_LOG is read too)."),
     Setting("HTTP_WORKERS", "http_workers", _parse_int, "2",
             "gunicorn worker processes.", 1, 64),
-    Setting("HTTP_THREADS", "http_threads", _parse_int, "4",
+    Setting("HTTP_THREADS", "http_threads", _parse_int, "8",
             "Threads per worker; also each worker's bound on requests in flight.", 1, 64),
     Setting("REQUEST_TIMEOUT_MS", "request_timeout_ms", _parse_int, "5000",
             "Deadline of a request inside the node; past it the client gets 503.",
