@@ -31,7 +31,7 @@ log = logging.getLogger("count.cluster")
 Reply = Callable[[int, Any], None]
 # Ranges per digest request and series per bucket request: bounds each message and the
 # time a peer spends computing its answer in one turn.
-RANGES_PER_MESSAGE_MAX = 64
+RANGES_PER_MESSAGE_MAX = 16
 SERIES_PER_MESSAGE_MAX = 128
 # Buckets of one series fetched per message.
 BUCKETS_PER_MESSAGE_MAX = 24

@@ -126,7 +126,7 @@ class Storage:
         # keep a series' digests until it changes. In memory only (a restart recomputes).
         self._stamps = np.zeros(1024, np.uint64)
         self._writes = 0
-        self._points_cache: tuple[float, int] = (-1e9, 0)
+        self._points_held: int | None = None
         self._segment_keys: list[bytes] = []
         self._load()
 
@@ -243,6 +243,8 @@ class Storage:
             raise DiskFull(f"disk full: no room to store the write under {self.path} "
                            f"({exc.strerror or exc})") from None
         self.buffer.append(sid, ts, val, ver)
+        if self._points_held is not None:
+            self._points_held += len(ts)
         self.version_high = max(self.version_high, int(ver.max()))
         self._writes += 1
         if self._next_sid > len(self._stamps):
@@ -387,20 +389,19 @@ class Storage:
     def series_names(self) -> list[str]:
         return list(self._sids)
 
-    def points_estimate(self, max_age_s: float = 10.0) -> int:
-        """Points held, counting overwrites not yet folded by compaction; cached for a while."""
-        at, cached = self._points_cache
-        if time.monotonic() - at < max_age_s:
-            return cached
-        total = len(self.buffer)
-        with self.env.begin(buffers=True) as txn:
-            for value in txn.cursor(self.db["bindex"]).iternext(keys=False):
-                total += keys.unpack_index_value(value)[2]
-            for value in txn.cursor(self.db["tails"]).iternext(keys=False):
-                total += block_header(value).count
-            total += sum(segment.point_count() for segment in self.segments(txn))
-        self._points_cache = (time.monotonic(), total)
-        return total
+    def points_estimate(self) -> int:
+        """Points held, overwrites included: counted from the index once, then kept up to
+        date by every write, so a heartbeat never scans the database."""
+        if self._points_held is None:
+            total = len(self.buffer)
+            with self.env.begin(buffers=True) as txn:
+                for value in txn.cursor(self.db["bindex"]).iternext(keys=False):
+                    total += keys.unpack_index_value(value)[2]
+                for value in txn.cursor(self.db["tails"]).iternext(keys=False):
+                    total += block_header(value).count
+                total += sum(segment.point_count() for segment in self.segments(txn))
+            self._points_held = total
+        return self._points_held
 
     def list_series(self, prefix: str, limit: int) -> list[str]:
         """Series names starting with ``prefix``, sorted, at most ``limit``."""

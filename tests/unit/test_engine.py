@@ -505,3 +505,30 @@ def test_random_operations_match_the_model(path, seed, monkeypatch):
     _verify_all(storage, model, f"seed {seed} final reopen")
     check_layout(storage)
     storage.close()
+
+
+def test_points_estimate_counts_every_layer_and_follows_writes(path):
+    storage = open_storage(path, buffer_points=100)
+    storage.write([request([("a", T0 + i, 1.0) for i in range(250)], 1)])
+    storage.flush()
+    storage.compact_all()
+    storage.write([request([("b", T0 + i, 2.0) for i in range(30)], 2)])  # in the buffer
+    assert storage.points_estimate() == 280
+    storage.write([request([("c", T0, 3.0)], 3)])
+    assert storage.points_estimate() == 281
+    storage.close(clean=True)
+    again = open_storage(path)
+    assert again.points_estimate() == 281  # counted afresh from tails, packs and blocks
+    again.close(clean=False)
+
+
+def test_series_stamps_change_only_when_the_series_is_written(path):
+    storage = open_storage(path)
+    storage.write([request([("a", T0, 1.0), ("b", T0, 1.0)], 1)])
+    a, b = storage.series_stamp("a"), storage.series_stamp("b")
+    storage.write([request([("a", T0 + 1, 1.0)], 2)])
+    assert storage.series_stamp("a") != a
+    assert storage.series_stamp("b") == b
+    assert storage.series_stamp("unknown") == 0
+    assert sorted(storage.series_names()) == ["a", "b"]
+    storage.close(clean=False)
