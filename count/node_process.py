@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Event
 
 import zmq
@@ -166,12 +167,12 @@ class NodeLoop:
             if channel.busy:
                 channel.pump(now_s)
 
-    def _worker_reply(self, identity: bytes, req_id: int):  # noqa: ANN202 - a closure
+    def _worker_reply(self, identity: bytes, req_id: int) -> Callable[[int, object], None]:
         def reply(status: int, body: object) -> None:
             self.router.reply(identity, req_id, status, body)
         return reply
 
-    def _peer_answer(self, identity: bytes):  # noqa: ANN202 - a closure
+    def _peer_answer(self, identity: bytes) -> Callable[[list], None]:
         def answer(results: list) -> None:
             assert self.peer_server is not None
             self.peer_server.reply(identity, results)
