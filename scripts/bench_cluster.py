@@ -77,6 +77,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_node as bn  # the single-node benchmark's processes and clients
 
 HOST = bn.HOST
+# Longest wait for a node to fold what a phase wrote before the next phase starts.
+COMPACTION_WAIT_S = 180.0
 NODES = 3
 # HTTP port p; gossip p+1000, replica traffic p+2000 (CLUSTER_PORT_OFFSET 1000); as the e2e
 # harness, keep p..p+3 of each free.
@@ -522,6 +524,14 @@ def phase_rf_latency(workspace: Workspace, server_argv: Sequence[str], sizes: Si
 # --------------------------------------------------------------------------
 
 
+def wait_settled(cluster: Cluster) -> None:
+    """Wait (bounded) until every node has compacted what earlier phases wrote and is idle,
+    so that one phase's background work is not measured as the next phase's cost."""
+    for port in cluster.ports:
+        bn.wait_compacted(port, COMPACTION_WAIT_S)
+    bn.wait_for_idle(cluster.root_pids())
+
+
 def phase_batch_ingest(cluster: Cluster, sizes: Sizes, clients_per_node: int) -> dict[str, Any]:
     results: dict[str, Any] = {"clients": clients_per_node * NODES}
     for form in ("objects", "columnar"):
@@ -533,7 +543,7 @@ def phase_batch_ingest(cluster: Cluster, sizes: Sizes, clients_per_node: int) ->
         print(f"  {form}: pre-generated {len(bodies)} bodies of {bodies[0][1]:,} points "
               f"({sum(len(b) for b, _ in bodies) / bn.MIB:.0f} MiB) in "
               f"{time.perf_counter() - generated:.1f} s")
-        bn.wait_for_idle(cluster.root_pids())
+        wait_settled(cluster)
         with CpuMeter(cluster.root_pids()) as cpu:
             stats = bn.post_bodies(cluster.ports, bodies, clients_per_node * len(cluster.ports),
                                 time.monotonic() + sizes.ingest_budget_s)
@@ -655,6 +665,7 @@ def phase_single_inserts(workspace: Workspace, server_argv: Sequence[str], clust
     """wrk on every cluster node at once, and for comparison the same 64 connections on one
     plain (non-cluster) node started here, in ABBA order over the rounds."""
     single = bn.start_node(workspace, server_argv, "single-node", workspace.root / "single")
+    wait_settled(cluster)
     try:
         wrk_everywhere(wrk_path, cluster.ports, sizes.wrk_warmup_s, "warmup")
         bn.run_wrk(wrk_path, single.port, WRK_CONNECTIONS, sizes.wrk_warmup_s, "warmup")

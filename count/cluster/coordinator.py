@@ -200,6 +200,9 @@ class Coordinator:
         self._handoff_busy: set[str] = set()
         self._handoff_next_s = 0.0
         self._warned_s: dict[str, float] = {}
+        self._groups_alive: tuple[str, ...] | None = None
+        self._groups: tuple[np.ndarray, list[tuple[tuple[str, str | None], ...]]] = (
+            np.empty(0, np.int64), [])
         with replica.storage.env.begin() as txn:
             known = txn.get(MEMBER_IDS_KEY, db=replica.storage.db["meta"])
         self.member_ids: dict[str, int | str] = msgpack.unpackb(known) if known else {}
@@ -307,29 +310,40 @@ class Coordinator:
     def alive(self, address: str) -> bool:
         return self.membership.alive(address)
 
+    def _range_groups(self) -> tuple[np.ndarray, list[tuple[tuple[str, str | None], ...]]]:
+        """For every ring range, the index of its targets (replicas, or stand-ins for down
+        ones) in a list of distinct target sets; recomputed only when liveness changes, so
+        placing a write is one vectorised lookup however many series it holds."""
+        alive = tuple(self.membership.alive_members())
+        if alive != self._groups_alive:
+            distinct: dict[tuple[tuple[str, str | None], ...], int] = {}
+            per_range = np.empty(self.ring.ranges(), np.int64)
+            for r in range(self.ring.ranges()):
+                targets = tuple(sloppy_targets(self.ring.range_preference(r), self.rf,
+                                               self.alive))
+                per_range[r] = distinct.setdefault(targets, len(distinct))
+            self._groups = (per_range, list(distinct))
+            self._groups_alive = alive
+        return self._groups
+
     def _placement(self, write: WriteRequest) -> tuple[list[tuple[str, str | None, WriteRequest, list[int]]], list[int]]:
         """Where each part of a write goes: (node, hint target, points, replica groups) and
         the size of each group (a distinct set of targets that has to reach W)."""
         if self.single:
             return [(self.self_address, None, write, [0])], [1]
-        ranges = self.ring.range_indices(write.names)
-        unique, inverse = np.unique(ranges, return_inverse=True)
-        group_of: dict[tuple[tuple[str, str | None], ...], int] = {}
-        range_group = np.empty(len(unique), np.int64)
-        for i, r in enumerate(unique):
-            targets = tuple(sloppy_targets(self.ring.range_preference(int(r)), self.rf,
-                                           self.alive))
-            range_group[i] = group_of.setdefault(targets, len(group_of))
-        sizes = [len(targets) for targets in group_of]
-        if len(group_of) == 1:  # one replica set (e.g. one series): every target gets it all
-            return [(node, hint, write, [0]) for node, hint in next(iter(group_of))], sizes
-        name_group = range_group[inverse]
+        per_range, target_sets = self._range_groups()
+        name_set = per_range[self.ring.range_indices(write.names)]
+        used, name_group = np.unique(name_set, return_inverse=True)
+        groups = [target_sets[int(g)] for g in used]
+        sizes = [len(targets) for targets in groups]
+        if len(groups) == 1:  # one replica set (e.g. one series): every target gets it all
+            return [(node, hint, write, [0]) for node, hint in groups[0]], sizes
         by_dest: dict[tuple[str, str | None], list[int]] = {}
-        for targets, g in group_of.items():
+        for g, targets in enumerate(groups):
             for dest in targets:
                 by_dest.setdefault(dest, []).append(g)
-        parts = [(node, hint, subset(write, np.isin(name_group, groups)), groups)
-                 for (node, hint), groups in by_dest.items()]
+        parts = [(node, hint, subset(write, np.isin(name_group, member_of)), member_of)
+                 for (node, hint), member_of in by_dest.items()]
         return parts, sizes
 
     def send_write(self, node: str, write: WriteRequest, hint: str | None, reply: Reply) -> None:
