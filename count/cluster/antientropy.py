@@ -180,7 +180,7 @@ class _Round:
         self.finished = finished
         self.started = time.monotonic()
         self.report: dict[str, Any] = {
-            "peers": [self.co._name(p) for p in peers], "ranges_compared": 0,
+            "peers": [self.co.name_of(p) for p in peers], "ranges_compared": 0,
             "ranges_differing": 0, "series_differing": 0, "points_received": 0,
             "points_sent": 0, "errors": []}
         self.peer = ""
@@ -199,7 +199,7 @@ class _Round:
         self.compare_ranges()
 
     def fail(self, what: str, body: Any) -> None:
-        message = f"node {self.co._name(self.peer)}: {what}: {body}"
+        message = f"node {self.co.name_of(self.peer)}: {what}: {body}"
         log.warning("Anti-entropy with %s", message)
         self.report["errors"].append(message)
         self.next_peer()

@@ -25,6 +25,10 @@ from count.cluster.channel import PeerChannel
 from count.cluster.hints import HintLog
 from count.cluster.membership import Membership
 from count.cluster.merkle import newer_points
+from count.cluster.replication import (
+    CONSISTENCY_LEVELS, Gather, Quorum, Reply, columns_of, merge_writes, points_body, required,
+    subset, write_args,
+)
 from count.cluster.ring import Ring, sloppy_targets
 from count.cluster.wire import Op, Result
 from count.config import Config
@@ -36,8 +40,6 @@ from count.storage.merge import Columns, merge_sorted
 
 log = logging.getLogger("count.cluster")
 
-Reply = Callable[[int, Any], None]
-CONSISTENCY_LEVELS = ("one", "quorum", "all")
 SERIES_LIMIT_MAX = 100_000
 # Hand-off sends at most this many series or points per message to a returned replica.
 HANDOFF_SERIES_MAX = 256
@@ -48,11 +50,6 @@ WARN_EVERY_S = 5.0
 # Rounds of commit -> callbacks in one turn (a read's repair of this node is the second).
 TURN_ROUNDS_MAX = 4
 MEMBER_IDS_KEY = b"member_ids"
-
-
-def required(level: str, rf: int) -> int:
-    """Acknowledgements a consistency level needs out of ``rf`` replicas."""
-    return {"one": 1, "quorum": rf // 2 + 1, "all": rf}[level]
 
 
 def _level(args: dict[str, Any], default: str) -> str:
@@ -67,120 +64,6 @@ def _int_arg(args: dict[str, Any], key: str) -> int:
     if not isinstance(value, int):
         raise BadRequest(f"malformed request: {key} must be an integer")
     return value
-
-
-def subset(write: WriteRequest, name_mask: np.ndarray) -> WriteRequest:
-    """The points of ``write`` whose series are selected by ``name_mask``."""
-    if name_mask.all():
-        return write
-    chosen = np.flatnonzero(name_mask)
-    point_mask = name_mask[write.idx]
-    remap = np.full(len(write.names), -1, np.int64)
-    remap[chosen] = np.arange(len(chosen))
-    version = write.version
-    if isinstance(version, np.ndarray):
-        version = version[point_mask]
-    return WriteRequest([write.names[i] for i in chosen],
-                        remap[write.idx[point_mask]].astype(np.uint32),
-                        write.ts[point_mask], write.val[point_mask], version)
-
-
-def write_args(write: WriteRequest, hint: str | None) -> dict[str, Any]:
-    """A write as a peer operation; points keep their versions."""
-    version = write.version
-    return {"names": write.names, "idx": write.idx.tobytes(), "ts": write.ts.tobytes(),
-            "val": write.val.tobytes(),
-            "ver": version.tobytes() if isinstance(version, np.ndarray) else version,
-            "hint": hint}
-
-
-def points_body(cols: Columns, versions: bool) -> dict[str, bytes]:
-    body = {"ts": cols.ts.tobytes(), "val": cols.val.tobytes()}
-    if versions:
-        body["ver"] = cols.ver.tobytes()
-    return body
-
-
-def columns_of(body: Any) -> Columns:
-    """Points with versions from a peer's read reply (CountError if malformed)."""
-    try:
-        cols = Columns(np.frombuffer(body["ts"], np.int64), np.frombuffer(body["val"], np.float64),
-                       np.frombuffer(body["ver"], np.uint64))
-    except (KeyError, TypeError, ValueError):
-        raise Unavailable("malformed read reply from a peer") from None
-    if not len(cols.ts) == len(cols.val) == len(cols.ver):
-        raise Unavailable("malformed read reply from a peer")
-    return cols
-
-
-class _Quorum:
-    """One client insert waiting until every replica group has W acknowledgements."""
-
-    def __init__(self, reply: Reply, groups: list[int], needed: int, level: str, rf: int,
-                 points: int) -> None:
-        self.reply = reply
-        self.sizes = groups
-        self.acks = [0] * len(groups)
-        self.fails = [0] * len(groups)
-        self.needed = needed
-        self.level = level
-        self.rf = rf
-        self.points = points
-        self.done = False
-        self.errors: list[tuple[int, str]] = []
-
-    def result(self, groups: list[int], status: int, detail: str) -> None:
-        ok = status < 300
-        for g in groups:
-            if ok:
-                self.acks[g] += 1
-            else:
-                self.fails[g] += 1
-        if not ok:
-            self.errors.append((status, detail))
-        if self.done:
-            return
-        if all(a >= self.needed for a in self.acks):
-            self.done = True
-            self.reply(201, {"inserted": self.points})
-        elif any(size - fail < self.needed for size, fail in zip(self.sizes, self.fails,
-                                                                  strict=True)):
-            self.done = True
-            statuses = {status for status, _ in self.errors}
-            # Replicas that all failed the same way (a full disk, 507) report that status.
-            status = statuses.pop() if len(statuses) == 1 else 503
-            if self.sizes == [1]:
-                self.reply(status, self.errors[0][1])
-                return
-            self.reply(status, f"write reached {min(self.acks)} of {self.rf} replicas but "
-                               f"consistency={self.level} needs {self.needed}; points may be "
-                               f"stored on some replicas "
-                               f"({'; '.join(d for _, d in self.errors[:3])})")
-
-
-class _Gather:
-    """Answers from several nodes; ``done`` runs once when every node has answered or failed."""
-
-    def __init__(self, nodes: list[str], done: Callable[[dict[str, Any], dict[str, tuple[int, str]]], None]) -> None:
-        self.waiting = set(nodes)
-        self.answers: dict[str, Any] = {}
-        self.errors: dict[str, tuple[int, str]] = {}
-        self._done = done
-        if not self.waiting:
-            done(self.answers, self.errors)
-
-    def callback(self, node: str) -> Reply:
-        def on_result(status: int, body: Any) -> None:
-            if node not in self.waiting:
-                return
-            self.waiting.discard(node)
-            if status < 300:
-                self.answers[node] = body
-            else:
-                self.errors[node] = (status, str(body))
-            if not self.waiting:
-                self._done(self.answers, self.errors)
-        return on_result
 
 
 class Coordinator:
@@ -363,7 +246,7 @@ class Coordinator:
             if status >= 300:
                 self.counters["replica_writes_failed"] += 1
                 target = stands_for or node
-                self._warn(node, f"Replication to node {self._name(node)} failed: {body}")
+                self._warn(node, f"Replication to node {self.name_of(node)} failed: {body}")
                 if status in (503, 507) and self.hint_allowed(target):
                     self.write_here(write, target, lambda s, b: None)
             reply(status, body)
@@ -401,13 +284,13 @@ class Coordinator:
             raise Unavailable(f"only {min(sizes)} of {self.rf} replicas are reachable but "
                               f"consistency={level} needs {needed}")
         self.counters["inserts"] += 1
-        quorum = _Quorum(reply, sizes, needed, level, self.rf, len(write.ts))
+        quorum = Quorum(reply, sizes, needed, level, self.rf, len(write.ts))
         for node, hint, part, groups in parts:
             self.send_write(node, part, hint, self._ack(quorum, groups, node))
 
-    def _ack(self, quorum: _Quorum, groups: list[int], node: str) -> Reply:
+    def _ack(self, quorum: Quorum, groups: list[int], node: str) -> Reply:
         def on_result(status: int, body: Any) -> None:
-            detail = str(body) if node == self.self_address else f"node {self._name(node)}: {body}"
+            detail = str(body) if node == self.self_address else f"node {self.name_of(node)}: {body}"
             quorum.result(groups, status, detail)
         return on_result
 
@@ -466,7 +349,7 @@ class Coordinator:
             got = [node for node in asked if node in answers]
             counted = [n for n in got if n in replicas] if level == "all" else got
             if len(counted) < needed:
-                detail = "; ".join(f"node {self._name(n)}: {m}" for n, (_, m) in errors.items())
+                detail = "; ".join(f"node {self.name_of(n)}: {m}" for n, (_, m) in errors.items())
                 log.warning("Query failed: %s read reached %d of %d nodes (%s)", series,
                             len(got), len(asked), detail)
                 reply(503, f"read reached {len(got)} of {len(asked)} nodes but "
@@ -485,7 +368,7 @@ class Coordinator:
             self._repair_then(series, merged, {n: p for n, p in zip(got, parts, strict=True)
                                                if n in replicas}, answer)
 
-        gather = _Gather(asked, done)
+        gather = Gather(asked, done)
         for node in asked:
             self.ask(node, "read", {"series": series, "start": start, "end": end},
                      gather.callback(node))
@@ -502,15 +385,15 @@ class Coordinator:
 
         def repaired(_answers: dict[str, Any], errors: dict[str, tuple[int, str]]) -> None:
             for node, (_, message) in errors.items():
-                log.warning("Read repair of %s on node %s failed: %s", series, self._name(node),
+                log.warning("Read repair of %s on node %s failed: %s", series, self.name_of(node),
                             message)
             answer(merged)
 
-        gather = _Gather([node for node, _ in repairs], repaired)
+        gather = Gather([node for node, _ in repairs], repaired)
         for node, diff in repairs:
             self.counters["read_repair_points"] += len(diff)
             log.debug("Read repair of %s: %d points to node %s", series, len(diff),
-                      self._name(node))
+                      self.name_of(node))
             write = WriteRequest([series], np.zeros(len(diff), np.uint32), diff.ts, diff.val,
                                  diff.ver)
             self.send_write(node, write, None, gather.callback(node))
@@ -520,7 +403,7 @@ class Coordinator:
         if node == self.self_address:
             self.after_commit(lambda: self._guard(self._peer_ops[op], args, reply, op))
         elif not self.alive(node):
-            reply(503, f"node {self._name(node)} is down")
+            reply(503, f"node {self.name_of(node)} is down")
         else:
             self.channels[node].submit(op, args, reply)
 
@@ -541,7 +424,7 @@ class Coordinator:
                             "; ".join(m for _, m in errors.values()))
             reply(200, sorted(names)[:limit])
 
-        gather = _Gather(nodes, done)
+        gather = Gather(nodes, done)
         for node in nodes:
             self.ask(node, "series", {"prefix": prefix, "limit": limit}, gather.callback(node))
 
@@ -556,7 +439,8 @@ class Coordinator:
                      anti_entropy=self.anti_entropy.progress())
         reply(200, stats)
 
-    def _name(self, address: str) -> int | str:
+    def name_of(self, address: str) -> int | str:
+        """A member as operators know it: its NODE_ID, else its address."""
         node_id = self.membership.node_id(address)
         if node_id is None:
             node_id = self.member_ids.get(address)
@@ -583,7 +467,7 @@ class Coordinator:
         if not isinstance(series, str):
             raise BadRequest("malformed request: series")
         reply(200, {"series": series,
-                    "replicas": [self._name(a) for a in self.ring.replicas(series, self.rf)]})
+                    "replicas": [self.name_of(a) for a in self.ring.replicas(series, self.rf)]})
 
     def load(self) -> dict[str, Any]:
         """What this node's heartbeat says about it."""
@@ -636,7 +520,7 @@ class Coordinator:
     def on_member_down(self, address: str) -> None:
         channel = self.channels.get(address)
         if channel is not None:
-            channel.fail_all(f"node {self._name(address)} is down")
+            channel.fail_all(f"node {self.name_of(address)} is down")
 
     def background(self, now_s: float) -> None:
         """Hand hints to replicas that are back, and run anti-entropy when due."""
@@ -667,12 +551,12 @@ class Coordinator:
         def on_result(status: int, body: Any) -> None:
             self._handoff_busy.discard(target)
             if status >= 300:
-                self._warn(target, f"Hinted handoff to node {self._name(target)} failed: {body}")
+                self._warn(target, f"Hinted handoff to node {self.name_of(target)} failed: {body}")
                 return
             self.hints.delivered(target, sent)
             self.counters["hinted_points_delivered"] += points
             log.info("Hinted handoff to node %s: %d points of %d series delivered",
-                     self._name(target), points, len(sent))
+                     self.name_of(target), points, len(sent))
 
         if not parts:
             on_result(201, None)
@@ -684,12 +568,3 @@ class Coordinator:
         if now - self._warned_s.get(node, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned_s[node] = now
             log.warning("%s", message)
-
-
-def merge_writes(parts: list[WriteRequest]) -> WriteRequest:
-    """One write holding several single-series writes that carry per-point versions."""
-    names = [p.names[0] for p in parts]
-    idx = np.concatenate([np.full(len(p.ts), i, np.uint32) for i, p in enumerate(parts)])
-    return WriteRequest(names, idx, np.concatenate([p.ts for p in parts]),
-                        np.concatenate([p.val for p in parts]),
-                        np.concatenate([p.versions() for p in parts]))

@@ -1,11 +1,11 @@
-"""The coordinator's pure parts: quorum counting, splitting writes, peer write encoding."""
+"""The pure parts of replication: quorum counting, splitting writes, peer write encoding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from count.cluster.coordinator import _Quorum, merge_writes, required, subset, write_args
+from count.cluster.replication import Quorum, merge_writes, required, subset, write_args
 from count.replica import decode_insert
 from count.storage.engine import WriteRequest
 
@@ -68,7 +68,7 @@ class _Replies:
 
 def test_quorum_answers_once_every_group_has_w_acks():
     replies = _Replies()
-    quorum = _Quorum(replies, [2, 2], 2, "quorum", 2, 10)
+    quorum = Quorum(replies, [2, 2], 2, "quorum", 2, 10)
     quorum.result([0, 1], 201, "")
     assert replies.got == []
     quorum.result([0], 201, "")
@@ -81,7 +81,7 @@ def test_quorum_answers_once_every_group_has_w_acks():
 
 def test_quorum_fails_as_soon_as_w_is_out_of_reach():
     replies = _Replies()
-    quorum = _Quorum(replies, [3], 2, "quorum", 3, 1)
+    quorum = Quorum(replies, [3], 2, "quorum", 3, 1)
     quorum.result([0], 201, "")
     quorum.result([0], 503, "node 2: timeout")
     assert replies.got == []
@@ -93,5 +93,5 @@ def test_quorum_fails_as_soon_as_w_is_out_of_reach():
 
 def test_quorum_reports_the_common_status_of_the_failures():
     replies = _Replies()
-    _Quorum(replies, [1], 1, "quorum", 1, 1).result([0], 507, "disk full")
+    Quorum(replies, [1], 1, "quorum", 1, 1).result([0], 507, "disk full")
     assert replies.got == [(507, "disk full")]
