@@ -158,7 +158,10 @@ class NodeLoop:
             self.next_heartbeat_s = now + self.config.heartbeat_interval_ms / 1000
             self._heartbeat("normal")
             self._membership_events(self.membership.tick(now))
-        co.background(now)
+        try:
+            co.background(now)
+        except Exception:
+            log.exception("Background cluster work failed; retrying next turn")
         co.finish_turn()
         self._pump(now)
 

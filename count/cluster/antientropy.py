@@ -36,6 +36,7 @@ SERIES_PER_MESSAGE_MAX = 128
 # Buckets of one series fetched per message.
 BUCKETS_PER_MESSAGE_MAX = 24
 DIGEST_CACHE_SERIES_MAX = 1_000_000
+DIGEST_POINTS_MAX = 1 << 31
 TIME_MAX_MS = (1 << 62)
 
 
@@ -67,7 +68,8 @@ class AntiEntropy:
         cached = self._cache.get(series)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        cols = self.co.replica.read(series, 0, TIME_MAX_MS)
+        # The whole series, past MAX_QUERY_POINTS: a digest must cover every point.
+        cols = self.co.replica.storage.read(series, 0, TIME_MAX_MS, DIGEST_POINTS_MAX)
         digests = bucket_digests(cols)
         if len(self._cache) >= DIGEST_CACHE_SERIES_MAX:
             self._cache.clear()
@@ -196,7 +198,11 @@ class _Round:
         self.peer = self.peers.pop(0)
         self.todo_ranges = self.co.ring.shared_ranges(self.co.self_address, self.peer, self.co.rf)
         self.report["ranges_compared"] += len(self.todo_ranges)
-        self.compare_ranges()
+        try:
+            self.compare_ranges()
+        except Exception as exc:
+            log.exception("Anti-entropy step failed")
+            self.fail("range digests", f"internal error ({exc})")
 
     def fail(self, what: str, body: Any) -> None:
         message = f"node {self.co.name_of(self.peer)}: {what}: {body}"
@@ -205,14 +211,19 @@ class _Round:
         self.next_peer()
 
     def call(self, op: str, args: dict[str, Any], then: Callable[[Any], None], what: str) -> None:
+        """Ask the peer; ``then`` continues the round. Any failure, a malformed reply or an
+        error on this side, ends the comparison with this peer, never the round."""
         def on_result(status: int, body: Any) -> None:
             if status >= 300:
                 self.fail(what, body)
-            else:
-                try:
-                    then(body)
-                except (KeyError, TypeError, ValueError) as exc:
-                    self.fail(what, f"malformed reply ({exc})")
+                return
+            try:
+                then(body)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.fail(what, f"malformed reply ({exc})")
+            except Exception as exc:
+                log.exception("Anti-entropy step failed")
+                self.fail(what, f"internal error ({exc})")
         self.co.ask(self.peer, op, {"ring": self.co.ring.digest(), **args}, on_result)
 
     def compare_ranges(self) -> None:

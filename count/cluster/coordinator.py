@@ -22,7 +22,7 @@ import numpy as np
 
 from count.cluster.antientropy import AntiEntropy
 from count.cluster.channel import PeerChannel
-from count.cluster.hints import HintLog
+from count.cluster.hints import Hint, HintLog
 from count.cluster.membership import Membership
 from count.cluster.merkle import newer_points
 from count.cluster.replication import (
@@ -45,6 +45,8 @@ SERIES_LIMIT_MAX = 100_000
 HANDOFF_SERIES_MAX = 256
 HANDOFF_POINTS_MAX = 200_000
 HANDOFF_RETRY_S = 1.0
+# A hinted range is read whole (then sent in slices); this bounds that read.
+HINT_RANGE_POINTS_MAX = 1 << 31
 # Replication failures of one peer are logged at most once per this many seconds.
 WARN_EVERY_S = 5.0
 # Rounds of commit -> callbacks in one turn (a read's repair of this node is the second).
@@ -434,8 +436,7 @@ class Coordinator:
 
     def _stats(self, args: dict[str, Any], reply: Reply) -> None:
         stats = self.replica.stats()
-        stats.update(self.counters, inserts=self.counters["inserts"],
-                     hints_pending=sum(self.hints.pending().values()),
+        stats.update(self.counters, hints_pending=sum(self.hints.pending().values()),
                      anti_entropy=self.anti_entropy.progress())
         reply(200, stats)
 
@@ -532,19 +533,28 @@ class Coordinator:
         self.anti_entropy.step(now_s)
 
     def _hand_off(self, target: str) -> None:
-        sent = []
+        """Send a returned replica the next HANDOFF_POINTS_MAX points of its hints; a hint
+        larger than that goes in slices, each acknowledged slice moving the hint's start."""
+        sent: list[tuple[str, Hint]] = []
+        sliced: tuple[str, Hint, int, int] | None = None  # series, hint, next start, points
         parts: list[WriteRequest] = []
         points = 0
         for series, hint in self.hints.take(target, HANDOFF_SERIES_MAX):
-            cols = self.replica.read(series, hint.min_ts, hint.max_ts)
-            sent.append((series, hint))
+            cols = self.replica.storage.read(series, hint.min_ts, hint.max_ts,
+                                             HINT_RANGE_POINTS_MAX)
+            budget = HANDOFF_POINTS_MAX - points
+            if len(cols) > budget:
+                sliced = (series, hint, int(cols.ts[budget]), budget)
+                cols = Columns(cols.ts[:budget], cols.val[:budget], cols.ver[:budget])
+            else:
+                sent.append((series, hint))
             if len(cols):
                 parts.append(WriteRequest([series], np.zeros(len(cols), np.uint32), cols.ts,
                                           cols.val, cols.ver))
                 points += len(cols)
-            if points >= HANDOFF_POINTS_MAX:
+            if sliced is not None:
                 break
-        if not sent:
+        if not sent and sliced is None:
             return
         self._handoff_busy.add(target)
 
@@ -554,9 +564,11 @@ class Coordinator:
                 self._warn(target, f"Hinted handoff to node {self.name_of(target)} failed: {body}")
                 return
             self.hints.delivered(target, sent)
+            if sliced is not None:
+                self.hints.advance(target, *sliced)
             self.counters["hinted_points_delivered"] += points
             log.info("Hinted handoff to node %s: %d points of %d series delivered",
-                     self.name_of(target), points, len(sent))
+                     self.name_of(target), points, len(sent) + (sliced is not None))
 
         if not parts:
             on_result(201, None)

@@ -116,3 +116,21 @@ class HintLog:
             points = table.pop(series).points
             self.delivered_points += points
             self._totals[target] -= points
+
+    def advance(self, target: str, series: str, sent: Hint, next_ts: int, points: int) -> None:
+        """The first ``points`` of a hint, up to ``next_ts``, were handed off: start it there,
+        unless points were added to it meanwhile (then it is sent again whole: harmless)."""
+        hint = self._hints.get(target, {}).get(series)
+        if hint is None or hint.revision != sent.revision:
+            return
+        hint.min_ts = next_ts
+        delivered = min(points, hint.points - 1)
+        hint.points -= delivered
+        self._totals[target] -= delivered
+        self.delivered_points += delivered
+        packed = hint.pack()
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.put(_key(target, series), packed, db=self.db)
+
+        self.storage.transact(body)

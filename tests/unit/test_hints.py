@@ -56,3 +56,31 @@ def test_delivery_keeps_a_hint_that_grew_meanwhile(tmp_path: Path):
     storage = _storage(tmp_path)
     assert HintLog(storage).pending() == {}
     storage.close(clean=False)
+
+
+def test_a_hint_handed_off_in_slices_moves_its_start(tmp_path: Path):
+    storage = _storage(tmp_path)
+    log = HintLog(storage)
+    log.add([("n2", _write(["a"], [0] * 5, [10, 20, 30, 40, 50]))], 100.0)
+    [(series, hint)] = log.take("n2", 10)
+    log.advance("n2", series, hint, 40, 3)  # 10, 20, 30 delivered
+    [(_, left)] = log.take("n2", 10)
+    assert (left.min_ts, left.max_ts, left.points) == (40, 50, 2)
+    assert log.pending() == {"n2": 2}
+    storage.close(clean=False)
+    storage = _storage(tmp_path)
+    [(_, again)] = HintLog(storage).take("n2", 10)
+    assert (again.min_ts, again.points) == (40, 2)
+    storage.close(clean=False)
+
+
+def test_a_slice_of_a_hint_that_grew_meanwhile_is_not_recorded(tmp_path: Path):
+    storage = _storage(tmp_path)
+    log = HintLog(storage)
+    log.add([("n2", _write(["a"], [0, 0], [10, 20]))], 100.0)
+    [(series, hint)] = log.take("n2", 10)
+    log.add([("n2", _write(["a"], [0], [5]))], 101.0)
+    log.advance("n2", series, hint, 20, 1)
+    [(_, left)] = log.take("n2", 10)
+    assert (left.min_ts, left.points) == (5, 3)
+    storage.close(clean=False)
