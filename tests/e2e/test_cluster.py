@@ -494,6 +494,35 @@ def test_hinted_handoff_delivers_to_a_returning_replica(make_cluster: ClusterFac
     assert_holds(lone, model, set(names), "node 3 alone after hand-off")
 
 
+def test_a_hint_larger_than_one_message_is_handed_off_in_slices(
+        make_cluster: ClusterFactory) -> None:
+    """250,000 points of one series hinted while its replica is down: more than one hand-off
+    message holds (200,000), so it arrives in slices, and the replica alone holds all."""
+    cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "0"})
+    [name] = cluster.series_on(lambda reps: 3 in reps, 1, "sliced")
+    cluster.kill(3)
+    cluster.wait_sees(1, {1, 2})
+    cluster.wait_sees(2, {1, 2})
+    total = 250_000
+    for start in range(0, total, 50_000):
+        stamps = list(range(T0 + start, T0 + start + 50_000))
+        cluster.insert(1, {"series": name, "timestamps": stamps,
+                           "values": [float(t % 1000) for t in stamps]})
+    held = sum(cluster.stats(i)["hints_pending"] for i in (1, 2))
+    assert held == total, held
+    cluster.restart(3)
+    cluster.wait_until(lambda: all(cluster.stats(i)["hints_pending"] == 0 for i in (1, 2)),
+                       "every hint handed off")
+    lines = [line for i in (1, 2) for line in cluster.node(i).log.splitlines()
+             if "Hinted handoff to node 3" in line]
+    assert len(lines) >= 2, lines  # more than one message: sliced
+    lone = cluster.alone(3)
+    got = lone.range(name, start=T0, end=T0 + total)
+    assert len(got) == total
+    assert got[0] == {"timestamp": T0, "value": float(T0 % 1000)}
+    assert got[-1]["timestamp"] == T0 + total - 1
+
+
 def test_no_hints_for_a_replica_down_longer_than_the_hint_window(
         make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "0",
