@@ -18,17 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from count.cluster.merkle import BUCKET_MS, bucket_digests, combine, differing, newer_points
+from count.cluster.merkle import (
+    BUCKET_MS,
+    bucket_digests,
+    combine,
+    differing,
+    newer_points,
+)
+from count.cluster.replication import Reply
 from count.errors import BadRequest
 from count.storage.engine import WriteRequest
-from count.storage.merge import Columns, merge_sorted
+from count.storage.merge import Columns, concat, merge_sorted
 
 if TYPE_CHECKING:
     from count.cluster.coordinator import Coordinator
 
 log = logging.getLogger("count.cluster")
 
-Reply = Callable[[int, Any], None]
 # Ranges per digest request and series per bucket request: bounds each message and the
 # time a peer spends computing its answer in one turn.
 RANGES_PER_MESSAGE_MAX = 16
@@ -95,9 +101,8 @@ class AntiEntropy:
         return {s: self.series_buckets(s) for r in ranges for s in by_range[r]}
 
     def bucket_points(self, series: str, buckets: list[int]) -> Columns:
-        parts = [self.co.replica.read(series, b, b + BUCKET_MS - 1) for b in sorted(buckets)]
-        return Columns(np.concatenate([p.ts for p in parts]), np.concatenate([p.val for p in parts]),
-                       np.concatenate([p.ver for p in parts]))
+        return concat([self.co.replica.read(series, b, b + BUCKET_MS - 1)
+                       for b in sorted(buckets)])
 
     # -- what peers ask ------------------------------------------------------------------
 
