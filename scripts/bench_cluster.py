@@ -55,10 +55,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import http.client
-import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -563,9 +561,7 @@ def phase_batch_ingest(cluster: Cluster, sizes: Sizes, clients_per_node: int) ->
 
 def run_wrk(wrk_path: str, port: int, connections: int, duration_s: int,
             tag: str) -> bn.WrkResult:
-    argv = [wrk_path, "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency",
-            f"--timeout={bn.WRK_REQUEST_TIMEOUT_S}s", "-s", str(bn.WRK_LUA_PATH),
-            f"http://{HOST}:{port}/insert", "--", tag]
+    argv = bn.wrk_argv(wrk_path, port, connections, duration_s, tag, threads=1)
     # The thread that starts wrk waits for it, so wrk dies with this script (PDEATHSIG).
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
@@ -581,11 +577,7 @@ def run_wrk(wrk_path: str, port: int, connections: int, duration_s: int,
     finally:
         with _WRK_LOCK:
             _WRK_PROCS.discard(proc)
-    for line in stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            fields = json.loads(line.removeprefix("BENCH_RESULT "))
-            return bn.WrkResult(connections=connections, **fields)
-    raise bn.BenchError(f"wrk exited {proc.returncode} without a result:\n{stdout}{stderr}")
+    return bn.wrk_result(argv, proc.returncode, stdout, stderr, connections)
 
 
 def wrk_everywhere(wrk_path: str, ports: Sequence[int], duration_s: int,
@@ -862,19 +854,6 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def print_summary(rows: list[tuple[str, str, str, str]], mode: str) -> None:
-    headers = ("measure", "value", "target", "")
-    widths = [max(len(str(row[col])) for row in [headers, *rows]) for col in range(4)]
-    rule = "-" * (sum(widths) + 6)
-    print(f"\n== Count cluster benchmark summary ({mode}) ==")
-    print(rule)
-    for row in [headers, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if row is headers:
-            print(rule)
-    print(rule)
-
-
 # --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
@@ -987,27 +966,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    wrk_path = shutil.which("wrk")
-    if wrk_path is None:
-        print("error: wrk not found on PATH; install it with: apt-get install wrk", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    try:
-        results = run(args, wrk_path)
-    except KeyboardInterrupt:
-        print("\ninterrupted; processes stopped and temporary files removed", file=sys.stderr)
-        return 130
-    results["total_s"] = time.monotonic() - started
-    rows = summary_rows(results)
-    print_summary(rows, results["mode"])
-    print(f"total time {results['total_s']:.0f} s")
-    if args.json:
-        columns = ("measure", "value", "target", "verdict")
-        results["summary"] = [dict(zip(columns, row, strict=True)) for row in rows]
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
-    return 1 if run_failed(results) else 0
+    return bn.bench_main(parse_args(argv), run, summary_rows, run_failed, "cluster")
 
 
 if __name__ == "__main__":

@@ -471,19 +471,32 @@ class WrkResult:
                 "p99_ms": self.p99_us / 1e3, "socket_errors": self.socket_errors}
 
 
+def wrk_argv(wrk_path: str, port: int, connections: int, duration_s: int, tag: str,
+             threads: int) -> list[str]:
+    """The wrk command line of one single-point insert run (scripts/insert.lua)."""
+    return [wrk_path, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+            f"--timeout={WRK_REQUEST_TIMEOUT_S}s", "-s", str(WRK_LUA_PATH),
+            f"http://{HOST}:{port}/insert", "--", tag]
+
+
+def wrk_result(argv: Sequence[str], returncode: int, stdout: str, stderr: str,
+               connections: int) -> WrkResult:
+    """The BENCH_RESULT line insert.lua prints, or BenchError with wrk's output."""
+    for line in stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            fields = json.loads(line.removeprefix("BENCH_RESULT "))
+            return WrkResult(connections=connections, **fields)
+    raise BenchError(f"wrk exited {returncode} without a result ({' '.join(argv)}):\n"
+                     f"{stdout}{stderr}")
+
+
 def run_wrk(wrk_path: str, port: int, connections: int, duration_s: int, tag: str) -> WrkResult:
-    argv = [wrk_path, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}",
-            f"-d{duration_s}s", "--latency", f"--timeout={WRK_REQUEST_TIMEOUT_S}s",
-            "-s", str(WRK_LUA_PATH), f"http://{HOST}:{port}/insert", "--", tag]
+    argv = wrk_argv(wrk_path, port, connections, duration_s, tag, min(WRK_THREADS, connections))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"wrk did not finish: {' '.join(argv)}") from exc
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            fields = json.loads(line.removeprefix("BENCH_RESULT "))
-            return WrkResult(connections=connections, **fields)
-    raise BenchError(f"wrk exited {done.returncode} without a result:\n{done.stdout}{done.stderr}")
+    return wrk_result(argv, done.returncode, done.stdout, done.stderr, connections)
 
 
 def print_wrk_row(target: str, result: WrkResult) -> None:
@@ -954,11 +967,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def print_summary(rows: list[tuple[str, str, str, str]], mode: str) -> None:
-    headers = ("metric", "value", "target", "")
+def print_summary(rows: list[tuple[str, str, str, str]], title: str) -> None:
+    headers = ("measure", "value", "target", "")
     widths = [max(len(str(row[col])) for row in [headers, *rows]) for col in range(4)]
     rule = "-" * (sum(widths) + 6)
-    print(f"\n== Count node benchmark summary ({mode}) ==")
+    print(f"\n== {title} ==")
     print(rule)
     for row in [headers, *rows]:
         cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -966,6 +979,36 @@ def print_summary(rows: list[tuple[str, str, str, str]], mode: str) -> None:
         if row is headers:
             print(rule)
     print(rule)
+
+
+def bench_main(args: argparse.Namespace, run: Callable[[argparse.Namespace, str], dict[str, Any]],
+               summary_rows: Callable[[dict[str, Any]], list[tuple[str, str, str, str]]],
+               run_failed: Callable[[dict[str, Any]], bool], what: str) -> int:
+    """Run a benchmark with wrk, print its summary table, optionally write JSON; the exit
+    status: 0 ran cleanly, 1 a phase failed, 2 no wrk, 130 interrupted."""
+    wrk_path = shutil.which("wrk")
+    if wrk_path is None:
+        print("error: wrk not found on PATH; install it with: apt-get install wrk", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        results = run(args, wrk_path)
+    except KeyboardInterrupt:
+        print("\ninterrupted; processes stopped and temporary files removed", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    results["total_s"] = time.monotonic() - started
+    rows = summary_rows(results)
+    print_summary(rows, f"Count {what} benchmark summary ({results['mode']})")
+    print(f"total time {results['total_s']:.0f} s")
+    if args.json:
+        columns = ("measure", "value", "target", "verdict")
+        results["summary"] = [dict(zip(columns, row, strict=True)) for row in rows]
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}")
+    return 1 if run_failed(results) else 0
 
 
 # --------------------------------------------------------------------------
@@ -1063,30 +1106,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    wrk_path = shutil.which("wrk")
-    if wrk_path is None:
-        print("error: wrk not found on PATH; install it with: apt-get install wrk", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    try:
-        results = run(args, wrk_path)
-    except KeyboardInterrupt:
-        print("\ninterrupted; processes stopped and temporary files removed", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    results["total_s"] = time.monotonic() - started
-    rows = summary_rows(results)
-    print_summary(rows, results["mode"])
-    print(f"total time {results['total_s']:.0f} s")
-    if args.json:
-        columns = ("metric", "value", "target", "verdict")
-        results["summary"] = [dict(zip(columns, row, strict=True)) for row in rows]
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
-    return 1 if run_failed(results) else 0
+    return bench_main(parse_args(argv), run, summary_rows, run_failed, "node")
 
 
 if __name__ == "__main__":
