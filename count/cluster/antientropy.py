@@ -57,6 +57,8 @@ class AntiEntropy:
     def __init__(self, coordinator: Coordinator) -> None:
         self.co = coordinator
         self._cache: dict[str, tuple[int, dict[int, bytes]]] = {}
+        self._names: list[str] = []
+        self._name_ranges = np.empty(0, np.int64)
         interval = coordinator.config.anti_entropy_interval_seconds
         # The first round starts after a random part of the interval, so nodes started
         # together do not all compare at once.
@@ -83,12 +85,16 @@ class AntiEntropy:
         return digests
 
     def series_by_range(self, ranges: set[int]) -> dict[int, list[str]]:
-        names = self.co.replica.storage.series_names()
+        """This node's series in each of ``ranges``; a series' range is computed once, when
+        the series is first seen, not once per round and message."""
+        new = self.co.replica.storage.series_names_since(len(self._names))
+        if new:
+            self._names.extend(new)
+            self._name_ranges = np.concatenate([self._name_ranges,
+                                                self.co.ring.range_indices(new)])
         found: dict[int, list[str]] = {r: [] for r in ranges}
-        if names:
-            for name, r in zip(names, self.co.ring.range_indices(names).tolist(), strict=True):
-                if r in found:
-                    found[r].append(name)
+        for i in np.flatnonzero(np.isin(self._name_ranges, list(ranges))).tolist():
+            found[int(self._name_ranges[i])].append(self._names[i])
         return found
 
     def range_digests(self, ranges: list[int]) -> dict[int, bytes]:

@@ -122,6 +122,7 @@ class Storage:
         self.flush_failing = False
         self.commits = 0
         self._sids: dict[str, int] = {}
+        self._names: list[str] = []
         # Per series id, the number of the last write() that touched it: lets anti-entropy
         # keep a series' digests until it changes. In memory only (a restart recomputes).
         self._stamps = np.zeros(1024, np.uint64)
@@ -140,6 +141,7 @@ class Storage:
         with self.env.begin() as txn:
             for name, sid in txn.cursor(self.db["series"]):
                 self._sids[name.decode()] = keys.unpack_u32(sid)
+            self._names = sorted(self._sids, key=self._sids.__getitem__)
             last = self._last_key(txn, "series_names")
             self._next_sid = keys.unpack_u32(last) + 1 if last else 1
             last = self._last_key(txn, "blocks")
@@ -231,6 +233,7 @@ class Storage:
         else:
             sid_parts = self.transact(create_series)
             self._sids.update(created)
+            self._names.extend(created)  # in id order: ids were handed out in this order
             self._next_sid += len(created)
         sid = np.concatenate(sid_parts)
         ts = np.concatenate([r.ts for r in requests])
@@ -386,8 +389,10 @@ class Storage:
         sid = self._sids.get(name)
         return 0 if sid is None or sid >= len(self._stamps) else int(self._stamps[sid])
 
-    def series_names(self) -> list[str]:
-        return list(self._sids)
+    def series_names_since(self, count: int) -> list[str]:
+        """Series names in the order they were created, from the ``count``-th on: callers
+        that keep a per-series table extend it with only the new ones."""
+        return self._names[count:]
 
     def points_estimate(self) -> int:
         """Points held, overwrites included: counted from the index once, then kept up to

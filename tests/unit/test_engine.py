@@ -530,5 +530,10 @@ def test_series_stamps_change_only_when_the_series_is_written(path):
     assert storage.series_stamp("a") != a
     assert storage.series_stamp("b") == b
     assert storage.series_stamp("unknown") == 0
-    assert sorted(storage.series_names()) == ["a", "b"]
+    assert storage.series_names_since(0) == ["a", "b"]
+    storage.write([request([("c", T0, 1.0)], 3)])
+    assert storage.series_names_since(2) == ["c"]
     storage.close(clean=False)
+    again = open_storage(path)
+    assert again.series_names_since(0) == ["a", "b", "c"]  # id order on reopen
+    again.close(clean=False)
