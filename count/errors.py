@@ -17,6 +17,14 @@ class BadRequest(CountError):
     status = 400
 
 
+class RangeTooLarge(BadRequest):
+    """A read whose range holds more points than one reply may carry."""
+
+    def __init__(self, points_max: int) -> None:
+        super().__init__(f"the range holds more than {points_max} points: narrow it "
+                         "(MAX_QUERY_POINTS)")
+
+
 class NotFound(CountError):
     status = 404
 

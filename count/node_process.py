@@ -1,31 +1,29 @@
-"""The node process: owns the LMDB environment and coordinates every request of this node.
+"""The node process: the ZeroMQ driver of this node's ``NodeCore``.
 
 One thread runs one loop. Each turn it polls every socket (the HTTP workers' ROUTER, the
-replica ROUTER, gossip SUB, and one REQ channel per peer), hands what arrived to the
-coordinator, commits the turn's writes together, then runs timers: heartbeats, the failure
-detector, hinted hand-off, anti-entropy and storage upkeep, each bounded per turn. Signal
-handlers only set a flag; the loop answers what is queued and returns.
+replica ROUTER, gossip SUB, and one REQ socket per peer with a message in flight), feeds
+what arrived to the core, runs its timers, and carries out its ``Ready``: replies to
+workers and peers, frames to peers, the heartbeat. The core decides everything; this file
+only moves bytes and reads the clock. Signal handlers only set a flag; the loop answers
+what is queued and returns.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
-import time
-from collections.abc import Callable
 from multiprocessing.synchronize import Event
 
 import zmq
 
 from count.broker.router import Router
-from count.cluster.channel import PeerChannel
-from count.cluster.coordinator import Coordinator
+from count.clock import SystemClock
 from count.cluster.gossip import Gossip
-from count.cluster.hints import HintLog
-from count.cluster.membership import Heartbeat, Membership, describe, members_digest
+from count.cluster.node import NodeCore, Ready
 from count.cluster.peer_server import PeerServer
-from count.cluster.ring import Ring
+from count.cluster.peer_socket import PeerSocket
 from count.cluster.self_address import bind_endpoint, peer_endpoint
 from count.config import Config, parse_host_port
 from count.lifecycle import die_with_parent
@@ -36,31 +34,24 @@ from count.storage.engine import Storage
 log = logging.getLogger("count.node")
 
 POLL_MAX_MS = 200
-IDLE_AFTER_S = 1.0
-_WARN_EVENTS = ("unreachable", "partition", "config_mismatch")
 
 
 class NodeLoop:
-    def __init__(self, config: Config, self_address: str, endpoint: str, storage: Storage) -> None:
+    def __init__(self, config: Config, self_address: str, endpoint: str, storage: Storage,
+                 clock: SystemClock) -> None:
         self.config = config
-        self.self_address = self_address
+        self.clock = clock
         self.stopping = False
         self.context = zmq.Context()
         members = config.members()
-        self.replica = LocalReplica(config, storage)
+        self.core = NodeCore(config, self_address, LocalReplica(config, storage, clock), clock,
+                             random.Random())
         message_bytes_max = 2 * config.max_body_bytes + (1 << 20)
         self.router = Router(self.context, endpoint, message_bytes_max)
-        self.membership = Membership(
-            self_address, config.node_id, members,
-            heartbeat_interval_s=config.heartbeat_interval_ms / 1000,
-            # One late heartbeat must never be taken for a failure.
-            failure_timeout_s=max(config.failure_timeout_ms,
-                                  2 * config.heartbeat_interval_ms) / 1000)
         peers = [m for m in members if m != self_address]
-        self.channels = {
-            m: PeerChannel(self.context, self_address, m,
-                           peer_endpoint(m, config.peer_ports(parse_host_port(m).port)[1]),
-                           config.replica_timeout_ms, config.replica_retries)
+        self.sockets = {
+            m: PeerSocket(self.context,
+                          peer_endpoint(m, config.peer_ports(parse_host_port(m).port)[1]))
             for m in peers}
         self.gossip: Gossip | None = None
         self.peer_server: PeerServer | None = None
@@ -73,49 +64,9 @@ class NodeLoop:
             self.peer_server = PeerServer(
                 self.context, bind_endpoint(config.bind_address, replica_port),
                 max(message_bytes_max, 24 * config.max_query_points + (1 << 20)))
-        self.coordinator = Coordinator(config, self.replica, Ring(members), self.membership,
-                                       self.channels, HintLog(storage), self_address)
-        self.generation = int(time.time() * 1000)
-        self.seq = 0
-        self.next_heartbeat_s = 0.0
-        self.digest = members_digest(members)
-
-    # -- gossip ----------------------------------------------------------------------------
-
-    def _heartbeat(self, state: str) -> None:
-        if self.gossip is None:
-            return
-        self.seq += 1
-        self.gossip.publish(Heartbeat(self.config.node_id, self.self_address, self.generation,
-                                      self.seq, state, self.digest, self.coordinator.load()))
-
-    def _membership_events(self, events: list) -> None:
-        for event in events:
-            (log.warning if event.kind in _WARN_EVENTS else log.info)("%s", describe(event))
-            if event.kind in ("unreachable", "leaving"):
-                self.coordinator.on_member_down(event.address)
-            if event.kind in ("joining", "restarted", "back_online"):
-                self.coordinator.learn_id(event.address, event.node_id)
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def _timeout_ms(self, more_work: bool) -> int:
-        if more_work:
-            return 0
-        wake_s = [POLL_MAX_MS / 1000]
-        now = time.monotonic()
-        if self.gossip is not None:
-            wake_s.append(self.next_heartbeat_s - now)
-        wake_s.extend(d - now for ch in self.channels.values()
-                      if (d := ch.next_deadline_s()) is not None)
-        storage_wake = self.replica.next_wakeup_s()
-        if storage_wake is not None:
-            wake_s.append(storage_wake)
-        return max(0, int(min(wake_s) * 1000))
 
     def run(self) -> None:
-        last_request = time.monotonic()
-        more_work = False
+        ready: Ready | None = None
         while not self.stopping:
             poller = zmq.Poller()
             poller.register(self.router.sock, zmq.POLLIN)
@@ -123,67 +74,58 @@ class NodeLoop:
                 poller.register(self.peer_server.sock, zmq.POLLIN)
             if self.gossip is not None:
                 poller.register(self.gossip.sub, zmq.POLLIN)
-            waiting = {ch.sock: ch for ch in self.channels.values()
-                       if ch.inflight and ch.sock is not None}
-            for sock in waiting:
-                poller.register(sock, zmq.POLLIN)
-            ready = dict(poller.poll(self._timeout_ms(more_work)))
-            if self.router.sock in ready or (self.peer_server and self.peer_server.sock in ready):
-                last_request = time.monotonic()
-            self.turn(ready, waiting)
-            idle = time.monotonic() - last_request >= IDLE_AFTER_S
-            more_work = self.replica.maintain(idle)
-        self.turn({self.router.sock: zmq.POLLIN}, {})
-        self._heartbeat("leaving")
+            for sock in self.sockets.values():
+                if sock.awaiting and sock.sock is not None:
+                    poller.register(sock.sock, zmq.POLLIN)
+            poller.poll(self._timeout_ms(ready))
+            ready = self.turn()
+        self.turn()  # answer the requests queued when the signal came
+        if self.gossip is not None:
+            self.gossip.publish(self.core.leave())
 
-    def turn(self, ready: dict, waiting: dict) -> None:
-        co = self.coordinator
-        if self.router.sock in ready:
-            for identity, req in self.router.drain():
-                co.accept_local(req.op, req.args, self._worker_reply(identity, req.req_id))
-        if self.peer_server is not None and self.peer_server.sock in ready:
-            for identity, _sender, ops in self.peer_server.drain():
-                co.accept_peer(ops, self._peer_answer(identity))
-        for sock, channel in waiting.items():
-            if sock in ready:
-                channel.receive()
-        now = time.monotonic()
-        if self.gossip is not None and self.gossip.sub in ready:
-            for beat in self.gossip.receive():
-                self._membership_events(self.membership.receive(beat, now))
+    def _timeout_ms(self, ready: Ready | None) -> int:
+        if ready is None or ready.more_work:
+            return 0
+        if ready.wake_s is None:
+            return POLL_MAX_MS
+        return max(0, min(POLL_MAX_MS, int((ready.wake_s - self.clock.monotonic_s()) * 1000)))
+
+    def turn(self) -> Ready:
+        core = self.core
+        for identity, req in self.router.drain():
+            core.client((identity, req.req_id), req.op, req.args)
+        if self.peer_server is not None:
+            for identity, frame in self.peer_server.drain():
+                core.peer_request(identity, frame)
+        for peer, sock in self.sockets.items():
+            frame = sock.receive()
+            if frame is not None:
+                core.peer_reply(peer, frame)
+        if self.gossip is not None:
+            for frame in self.gossip.receive():
+                core.gossip(frame)
         # Replica writes leave before the local commit, so peers sync while this node does.
-        self._pump(now)
-        co.finish_turn()
-        if self.gossip is not None and now >= self.next_heartbeat_s:
-            self.next_heartbeat_s = now + self.config.heartbeat_interval_ms / 1000
-            self._heartbeat("normal")
-            self._membership_events(self.membership.tick(now))
-        try:
-            co.background(now)
-        except Exception:
-            log.exception("Background cluster work failed; retrying next turn")
-        co.finish_turn()
-        self._pump(now)
-
-    def _pump(self, now_s: float) -> None:
-        for channel in self.channels.values():
-            if channel.busy:
-                channel.pump(now_s)
-
-    def _worker_reply(self, identity: bytes, req_id: int) -> Callable[[int, object], None]:
-        def reply(status: int, body: object) -> None:
+        self._send(core.outgoing())
+        core.tick()
+        ready = core.ready()
+        self._send(ready.sends)
+        for (identity, req_id), status, body in ready.replies:
             self.router.reply(identity, req_id, status, body)
-        return reply
+        if self.peer_server is not None:
+            for identity, frame in ready.answers:
+                self.peer_server.reply(identity, frame)
+        if self.gossip is not None:
+            for frame in ready.publish:
+                self.gossip.publish(frame)
+        return ready
 
-    def _peer_answer(self, identity: bytes) -> Callable[[list], None]:
-        def answer(results: list) -> None:
-            assert self.peer_server is not None
-            self.peer_server.reply(identity, results)
-        return answer
+    def _send(self, sends: list[tuple[str, bytes]]) -> None:
+        for peer, frame in sends:
+            self.sockets[peer].send(frame)
 
     def close(self) -> None:
-        for channel in self.channels.values():
-            channel.close()
+        for sock in self.sockets.values():
+            sock.close()
         if self.gossip is not None:
             self.gossip.close()
         if self.peer_server is not None:
@@ -196,13 +138,15 @@ def run_node_process(config: Config, self_address: str, endpoint: str, ready: Ev
     """Open storage, serve until SIGTERM, then say goodbye to peers, flush, compact, close."""
     die_with_parent()
     install_log_filter(config.log_level, "node")
+    clock = SystemClock()
     storage = Storage(
         config.data_dir,
         map_size_bytes=config.lmdb_map_size_mb << 20,
         buffer_points=config.memory_buffer_size,
         flush_interval_s=config.flush_interval_seconds,
+        monotonic=clock.monotonic_s,
     )
-    loop = NodeLoop(config, self_address, endpoint, storage)
+    loop = NodeLoop(config, self_address, endpoint, storage, clock)
 
     def stop(signum: int, _frame: object) -> None:
         loop.stopping = True

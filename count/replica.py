@@ -8,16 +8,16 @@ runs between turns and never raises.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import numpy as np
-
+from count.clock import Clock
 from count.config import Config
-from count.errors import BadRequest, CountError
-from count.storage.engine import SEGMENTS_MAX, Storage, WriteRequest
+from count.errors import CountError
+from count.failsafe import survive
+from count.storage.engine import SEGMENTS_MAX, Storage
 from count.storage.merge import Columns
 from count.storage.versions import VersionClock, node_tag
+from count.storage.writes import WriteRequest
 
 log = logging.getLogger("count.coordinator")
 
@@ -27,55 +27,14 @@ FLUSH_RETRY_S = 1.0
 Result = tuple[int, Any]
 
 
-def _array(args: dict[str, Any], key: str, dtype: type) -> np.ndarray:
-    raw = args.get(key)
-    if not isinstance(raw, bytes) or len(raw) % np.dtype(dtype).itemsize:
-        raise BadRequest(f"malformed insert: {key}")
-    return np.frombuffer(raw, dtype)
-
-
-def _int_arg(args: dict[str, Any], key: str) -> int:
-    value = args.get(key)
-    if not isinstance(value, int):
-        raise BadRequest(f"malformed request: {key} must be an integer")
-    return value
-
-
-def decode_insert(args: dict[str, Any], version: int | None) -> WriteRequest:
-    """Check an insert's columns (the worker validated the values) and wrap them.
-
-    ``version`` is the coordinator's version for the whole request; None means the points
-    carry their own (``ver``: a replica write, hint or repair from a peer).
-    """
-    names = args.get("names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise BadRequest("malformed insert: names")
-    idx = _array(args, "idx", np.uint32)
-    ts = _array(args, "ts", np.int64)
-    val = _array(args, "val", np.float64)
-    if not len(ts) == len(val) == len(idx) or not len(ts):
-        raise BadRequest("malformed insert: column lengths differ")
-    if int(idx.max()) >= len(names):
-        raise BadRequest("malformed insert: series index out of range")
-    if version is None:
-        raw = args.get("ver")
-        if isinstance(raw, int) and raw >= 0:
-            version = raw
-        else:
-            ver = _array(args, "ver", np.uint64)
-            if len(ver) != len(ts):
-                raise BadRequest("malformed insert: column lengths differ")
-            return WriteRequest(names, idx, ts, val, ver)
-    return WriteRequest(names, idx, ts, val, version)
-
-
 class LocalReplica:
     """This node's own copy of the data: group commit of writes, local reads, upkeep."""
 
-    def __init__(self, config: Config, storage: Storage) -> None:
+    def __init__(self, config: Config, storage: Storage, clock: Clock) -> None:
         self.config = config
         self.storage = storage
-        self.clock = VersionClock(node_tag(config.node_id))
+        self.time = clock
+        self.clock = VersionClock(node_tag(config.node_id), clock.wall_ms)
         self.clock.observe(storage.version_high)
         self._flush_blocked_until = 0.0
         self.commits = 0
@@ -88,7 +47,7 @@ class LocalReplica:
         except CountError as exc:
             return exc.status, str(exc)
         except Exception:
-            log.exception("Write of %d requests failed", len(writes))
+            survive(log, "Write of %d requests failed", len(writes))
             return 500, "internal error while writing; see the node's log"
         self.commits += 1
         self.points_written += sum(len(w.ts) for w in writes)
@@ -119,13 +78,13 @@ class LocalReplica:
         try:
             return self._maintain(idle)
         except Exception:
-            log.exception("Background storage work failed; retrying in %.0f s", FLUSH_RETRY_S)
-            self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+            survive(log, "Background storage work failed; retrying in %.0f s", FLUSH_RETRY_S)
+            self._flush_blocked_until = self.time.monotonic_s() + FLUSH_RETRY_S
             return False
 
     def _maintain(self, idle: bool) -> bool:
         storage = self.storage
-        now = time.monotonic()
+        now = self.time.monotonic_s()
         if storage.flush_due() and now >= self._flush_blocked_until:
             try:
                 storage.flush()
@@ -146,7 +105,7 @@ class LocalReplica:
             try:
                 storage.compaction_step()
             except CountError as exc:
-                self._flush_blocked_until = time.monotonic() + FLUSH_RETRY_S
+                self._flush_blocked_until = self.time.monotonic_s() + FLUSH_RETRY_S
                 log.error("Compaction step failed, retrying in %.0f s: %s", FLUSH_RETRY_S, exc)
                 return False
         return storage.compaction is not None
@@ -156,4 +115,4 @@ class LocalReplica:
         wake = self.storage.seconds_to_flush()
         if wake is None:
             return None
-        return max(wake, self._flush_blocked_until - time.monotonic(), 0.0)
+        return max(wake, self._flush_blocked_until - self.time.monotonic_s(), 0.0)

@@ -19,6 +19,7 @@ import zmq
 
 from count.broker.protocol import ProtocolError, pack_request, unpack_reply
 from count.errors import Unavailable, error_for_status
+from count.messages import Message
 
 SEND_HWM_MESSAGES = 16
 
@@ -57,15 +58,15 @@ class NodeClient:
             sock.close(linger=0)
         self._local.sock = None
 
-    def call(self, op: str, args: dict[str, Any], timeout_ms: int | None = None) -> Any:
-        """Send one request and wait for its reply; raise a CountError for error replies."""
+    def call(self, msg: Message, timeout_ms: int | None = None) -> Any:
+        """Send one operation and wait for its reply; raise a CountError for error replies."""
         budget_ms = timeout_ms or self.timeout_ms
         deadline = time.monotonic() + budget_ms / 1000
         req_id = next(self._ids)
         sock = self._socket()
         try:
-            sock.send(pack_request(req_id, int(time.time() * 1000) + budget_ms, op, args),
-                      zmq.NOBLOCK, copy=False)
+            sock.send(pack_request(req_id, int(time.time() * 1000) + budget_ms, msg.TAG,
+                                   msg.to_wire()), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._reset()
             raise Unavailable("the node process is not accepting requests (queue full)") from None

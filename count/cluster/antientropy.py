@@ -11,13 +11,12 @@ it pulls everything it should hold. Digests of a series are cached until it is w
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from count.cluster.context import NodeContext
 from count.cluster.merkle import (
     BUCKET_MS,
     bucket_digests,
@@ -25,59 +24,55 @@ from count.cluster.merkle import (
     differing,
     newer_points,
 )
-from count.cluster.replication import Reply
-from count.errors import BadRequest
-from count.storage.engine import WriteRequest
+from count.errors import BadRequest, CountError
+from count.failsafe import survive
+from count.messages import (
+    BUCKETS_PER_MESSAGE_MAX,
+    RANGES_PER_MESSAGE_MAX,
+    BucketPoints,
+    DigestRanges,
+    DigestSeries,
+    Message,
+    Reply,
+    points_from_wire,
+    points_to_wire,
+)
 from count.storage.merge import Columns, concat, merge_sorted
-
-if TYPE_CHECKING:
-    from count.cluster.coordinator import Coordinator
+from count.storage.writes import TIMESTAMP_MAX_MS, single_series
 
 log = logging.getLogger("count.cluster")
 
-# Ranges per digest request and series per bucket request: bounds each message and the
-# time a peer spends computing its answer in one turn.
-RANGES_PER_MESSAGE_MAX = 16
-SERIES_PER_MESSAGE_MAX = 128
-# Buckets of one series fetched per message.
-BUCKETS_PER_MESSAGE_MAX = 24
 DIGEST_CACHE_SERIES_MAX = 1_000_000
 DIGEST_POINTS_MAX = 1 << 31
-TIME_MAX_MS = (1 << 62)
-
-
-def _list_arg(args: dict[str, Any], key: str, limit: int) -> list[Any]:
-    value = args.get(key)
-    if not isinstance(value, list) or len(value) > limit:
-        raise BadRequest(f"malformed anti-entropy request: {key}")
-    return value
 
 
 class AntiEntropy:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.co = coordinator
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
         self._cache: dict[str, tuple[int, dict[int, bytes]]] = {}
         self._names: list[str] = []
         self._name_ranges = np.empty(0, np.int64)
-        interval = coordinator.config.anti_entropy_interval_seconds
+        interval = ctx.config.anti_entropy_interval_seconds
         # The first round starts after a random part of the interval, so nodes started
         # together do not all compare at once.
-        self._next_s = time.monotonic() + interval * (0.5 + random.random() / 2)
+        self._next_s = ctx.now_s() + interval * (0.5 + ctx.rng.random() / 2)
         self._round: _Round | None = None
         self._waiting: list[Reply] = []
         self.rounds = 0
         self.last: dict[str, Any] = {}
+        # The peers the last round compared with to the end, without an error.
+        self.compared: list[str] = []
 
     # -- digests of this node's data ---------------------------------------------------
 
     def series_buckets(self, series: str) -> dict[int, bytes]:
-        storage = self.co.replica.storage
+        storage = self.ctx.replica.storage
         stamp = storage.series_stamp(series)
         cached = self._cache.get(series)
         if cached is not None and cached[0] == stamp:
             return cached[1]
         # The whole series, past MAX_QUERY_POINTS: a digest must cover every point.
-        cols = self.co.replica.storage.read(series, 0, TIME_MAX_MS, DIGEST_POINTS_MAX)
+        cols = self.ctx.replica.storage.read(series, 0, TIMESTAMP_MAX_MS, DIGEST_POINTS_MAX)
         digests = bucket_digests(cols)
         if len(self._cache) >= DIGEST_CACHE_SERIES_MAX:
             self._cache.clear()
@@ -87,11 +82,11 @@ class AntiEntropy:
     def series_by_range(self, ranges: set[int]) -> dict[int, list[str]]:
         """This node's series in each of ``ranges``; a series' range is computed once, when
         the series is first seen, not once per round and message."""
-        new = self.co.replica.storage.series_names_since(len(self._names))
+        new = self.ctx.replica.storage.series_names_since(len(self._names))
         if new:
             self._names.extend(new)
             self._name_ranges = np.concatenate([self._name_ranges,
-                                                self.co.ring.range_indices(new)])
+                                                self.ctx.ring.range_indices(new)])
         found: dict[int, list[str]] = {r: [] for r in ranges}
         for i in np.flatnonzero(np.isin(self._name_ranges, list(ranges))).tolist():
             found[int(self._name_ranges[i])].append(self._names[i])
@@ -107,68 +102,61 @@ class AntiEntropy:
         return {s: self.series_buckets(s) for r in ranges for s in by_range[r]}
 
     def bucket_points(self, series: str, buckets: list[int]) -> Columns:
-        return concat([self.co.replica.read(series, b, b + BUCKET_MS - 1)
+        return concat([self.ctx.replica.read(series, b, b + BUCKET_MS - 1)
                        for b in sorted(buckets)])
 
     # -- what peers ask ------------------------------------------------------------------
 
-    def peer_ops(self) -> dict[str, Callable[[dict[str, Any], Reply], None]]:
-        return {"ae_ranges": self._ae_ranges, "ae_series": self._ae_series,
-                "ae_points": self._ae_points}
-
-    def _check_ring(self, args: dict[str, Any]) -> None:
-        if args.get("ring") != self.co.ring.digest():
+    def _ranges(self, msg: DigestRanges | DigestSeries) -> list[int]:
+        if msg.ring != self.ctx.ring.digest():
             raise BadRequest("the peer's ring differs from this node's (CLUSTER_NODES must be "
                              "the same on every node)")
-
-    def _ranges(self, args: dict[str, Any]) -> list[int]:
-        ranges = _list_arg(args, "ranges", RANGES_PER_MESSAGE_MAX)
-        if not all(isinstance(r, int) and 0 <= r < self.co.ring.ranges() for r in ranges):
+        if not all(0 <= r < self.ctx.ring.ranges() for r in msg.ranges):
             raise BadRequest("malformed anti-entropy request: ranges")
-        return ranges
+        return msg.ranges
 
-    def _ae_ranges(self, args: dict[str, Any], reply: Reply) -> None:
-        self._check_ring(args)
-        reply(200, {str(r): d for r, d in self.range_digests(self._ranges(args)).items()})
+    def serve_ranges(self, msg: DigestRanges, reply: Reply) -> None:
+        reply(200, {str(r): d for r, d in self.range_digests(self._ranges(msg)).items()})
 
-    def _ae_series(self, args: dict[str, Any], reply: Reply) -> None:
-        self._check_ring(args)
-        found = self.series_digests(self._ranges(args))
+    def serve_series(self, msg: DigestSeries, reply: Reply) -> None:
+        found = self.series_digests(self._ranges(msg))
         reply(200, {s: {str(b): d for b, d in buckets.items()} for s, buckets in found.items()})
 
-    def _ae_points(self, args: dict[str, Any], reply: Reply) -> None:
-        series = args.get("series")
-        buckets = _list_arg(args, "buckets", BUCKETS_PER_MESSAGE_MAX)
-        if not isinstance(series, str) or not all(isinstance(b, int) for b in buckets):
-            raise BadRequest("malformed anti-entropy request: series")
-        cols = self.bucket_points(series, buckets)
-        reply(200, {"ts": cols.ts.tobytes(), "val": cols.val.tobytes(), "ver": cols.ver.tobytes()})
+    def serve_points(self, msg: BucketPoints, reply: Reply) -> None:
+        reply(200, points_to_wire(self.bucket_points(msg.series, msg.buckets), versions=True))
 
     # -- rounds --------------------------------------------------------------------------
 
-    def start_now(self, args: dict[str, Any], reply: Reply) -> None:
+    def start_now(self, reply: Reply) -> None:
         """POST /cluster/repair: run a round now (or join the running one) and report it."""
         self._waiting.append(reply)
         if self._round is None:
             self._start()
 
     def step(self, now_s: float) -> None:
-        interval = self.co.config.anti_entropy_interval_seconds
+        interval = self.ctx.config.anti_entropy_interval_seconds
         if self._round is None and interval > 0 and now_s >= self._next_s:
             self._start()
 
+    def next_wake_s(self) -> float | None:
+        if self._round is not None or self.ctx.config.anti_entropy_interval_seconds <= 0:
+            return None
+        return self._next_s
+
     def _start(self) -> None:
-        co = self.co
-        peers = [m for m in co.ring.members if m != co.self_address and co.alive(m)
-                 and co.ring.shared_ranges(co.self_address, m, co.rf)]
+        ctx = self.ctx
+        peers = [m for m in ctx.ring.members if m != ctx.self_address and ctx.alive(m)
+                 and ctx.ring.shared_ranges(ctx.self_address, m, ctx.rf)]
         self._round = _Round(self, peers, self._finished)
         self._round.next_peer()
 
     def _finished(self, report: dict[str, Any]) -> None:
+        assert self._round is not None
+        self.compared = self._round.compared
         self._round = None
         self.rounds += 1
         self.last = report
-        self._next_s = time.monotonic() + self.co.config.anti_entropy_interval_seconds
+        self._next_s = self.ctx.now_s() + self.ctx.config.anti_entropy_interval_seconds
         if report["points_received"] or report["points_sent"] or report["errors"]:
             log.info("Anti-entropy round: %d peers, %d of %d ranges differed, %d points "
                      "received, %d sent, %d errors", len(report["peers"]),
@@ -186,42 +174,48 @@ class AntiEntropy:
 class _Round:
     """One anti-entropy round: the peers in turn, each compared level by level."""
 
-    def __init__(self, ae: AntiEntropy, peers: list[str], finished: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, ae: AntiEntropy, peers: list[str],
+                 finished: Callable[[dict[str, Any]], None]) -> None:
         self.ae = ae
-        self.co = ae.co
+        self.ctx = ae.ctx
         self.peers = list(peers)
         self.finished = finished
-        self.started = time.monotonic()
+        self.started = self.ctx.now_s()
         self.report: dict[str, Any] = {
-            "peers": [self.co.name_of(p) for p in peers], "ranges_compared": 0,
+            "peers": [self.ctx.name_of(p) for p in peers], "ranges_compared": 0,
             "ranges_differing": 0, "series_differing": 0, "points_received": 0,
             "points_sent": 0, "errors": []}
         self.peer = ""
         self.todo_ranges: list[int] = []
         self.todo_series: list[tuple[str, list[int]]] = []
-        self.outstanding = 0
+        self._errors_before = 0
+        # Peers compared to the end without an error: the round's proof of what it covered.
+        self.compared: list[str] = []
 
     def next_peer(self) -> None:
+        if self.peer and len(self.report["errors"]) == self._errors_before:
+            self.compared.append(self.peer)
+        self._errors_before = len(self.report["errors"])
         if not self.peers:
-            self.report["duration_ms"] = round((time.monotonic() - self.started) * 1000, 1)
+            self.report["duration_ms"] = round((self.ctx.now_s() - self.started) * 1000, 1)
             self.finished(self.report)
             return
         self.peer = self.peers.pop(0)
-        self.todo_ranges = self.co.ring.shared_ranges(self.co.self_address, self.peer, self.co.rf)
+        self.todo_ranges = self.ctx.ring.shared_ranges(self.ctx.self_address, self.peer, self.ctx.rf)
         self.report["ranges_compared"] += len(self.todo_ranges)
         try:
             self.compare_ranges()
         except Exception as exc:
-            log.exception("Anti-entropy step failed")
+            survive(log, "Anti-entropy step failed")
             self.fail("range digests", f"internal error ({exc})")
 
     def fail(self, what: str, body: Any) -> None:
-        message = f"node {self.co.name_of(self.peer)}: {what}: {body}"
+        message = f"node {self.ctx.name_of(self.peer)}: {what}: {body}"
         log.warning("Anti-entropy with %s", message)
         self.report["errors"].append(message)
         self.next_peer()
 
-    def call(self, op: str, args: dict[str, Any], then: Callable[[Any], None], what: str) -> None:
+    def call(self, op: Message, then: Callable[[Any], None], what: str) -> None:
         """Ask the peer; ``then`` continues the round. Any failure, a malformed reply or an
         error on this side, ends the comparison with this peer, never the round."""
         def on_result(status: int, body: Any) -> None:
@@ -233,9 +227,9 @@ class _Round:
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 self.fail(what, f"malformed reply ({exc})")
             except Exception as exc:
-                log.exception("Anti-entropy step failed")
+                survive(log, "Anti-entropy step failed")
                 self.fail(what, f"internal error ({exc})")
-        self.co.ask(self.peer, op, {"ring": self.co.ring.digest(), **args}, on_result)
+        self.ctx.ask(self.peer, op, on_result)
 
     def compare_ranges(self) -> None:
         if not self.todo_ranges:
@@ -254,7 +248,7 @@ class _Round:
             else:
                 self.compare_ranges()
 
-        self.call("ae_ranges", {"ranges": chunk}, compared, "range digests")
+        self.call(DigestRanges(self.ctx.ring.digest(), chunk), compared, "range digests")
 
     def compare_series(self, ranges: list[int]) -> None:
         mine = self.ae.series_digests(ranges)
@@ -268,7 +262,7 @@ class _Round:
             self.report["series_differing"] += len(self.todo_series)
             self.exchange()
 
-        self.call("ae_series", {"ranges": ranges}, compared, "series digests")
+        self.call(DigestSeries(self.ctx.ring.digest(), ranges), compared, "series digests")
 
     def exchange(self) -> None:
         """Pull the peer's points of differing buckets, push ours, one series chunk at a time."""
@@ -284,9 +278,7 @@ class _Round:
         ours = self.ae.bucket_points(series, chunk)
 
         def pulled(body: Any) -> None:
-            theirs = Columns(np.frombuffer(body["ts"], np.int64),
-                             np.frombuffer(body["val"], np.float64),
-                             np.frombuffer(body["ver"], np.uint64))
+            theirs = points_from_wire(body)
             pending = [0]
 
             def one_done(status: int, result: Any) -> None:
@@ -299,16 +291,15 @@ class _Round:
             # Each side gets only what it lacks or holds older: a bucket differs when one
             # point does, and copying it whole would move (and count) every point of it.
             merged = merge_sorted([ours, theirs])
-            for node, cols, key in ((self.co.self_address, newer_points(merged, ours),
+            for node, cols, key in ((self.ctx.self_address, newer_points(merged, ours),
                                      "points_received"),
                                     (self.peer, newer_points(merged, theirs), "points_sent")):
                 if len(cols):
                     pending[0] += 1
                     self.report[key] += len(cols)
-                    write = WriteRequest([series], np.zeros(len(cols), np.uint32), cols.ts,
-                                         cols.val, cols.ver)
-                    self.co.send_write(node, write, None, one_done)
+                    self.ctx.replicate(node, single_series(series, cols.ts, cols.val, cols.ver),
+                                      None, one_done)
             if pending[0] == 0:
                 self.exchange()
 
-        self.call("ae_points", {"series": series, "buckets": chunk}, pulled, "points")
+        self.call(BucketPoints(series, chunk), pulled, "points")

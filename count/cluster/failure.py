@@ -63,6 +63,13 @@ class PhiAccrualDetector:
                 self._intervals_s.append(interval_s)
         self.last_heartbeat_s = now_s
 
+    def shift(self, seconds: float) -> None:
+        """Take ``seconds`` off the silence so far: time this node itself was stalled, during
+        which it could not have read a heartbeat, is not the peer's silence."""
+        assert seconds >= 0, seconds
+        if self.last_heartbeat_s is not None:
+            self.last_heartbeat_s += seconds
+
     def phi(self, now_s: float) -> float:
         """Suspicion that the peer is down; 0.0 before its first heartbeat (nothing to judge)."""
         if self.last_heartbeat_s is None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import msgpack
 import zmq
 
-from count.cluster.membership import Heartbeat
+from count.cluster.membership import HEARTBEAT_BYTES_MAX
 from count.cluster.tcp import configure
 
 log = logging.getLogger("count.cluster")
 
-HEARTBEAT_BYTES_MAX = 64 * 1024
 # Heartbeats taken per turn (a few per peer; the rest wait).
 RECEIVE_PER_TURN_MAX = 1024
 LEAVING_LINGER_MS = 500
@@ -29,27 +27,21 @@ class Gossip:
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         for endpoint in peer_endpoints:
             self.sub.connect(endpoint)
-        self.malformed = 0
 
-    def publish(self, heartbeat: Heartbeat) -> None:
+    def publish(self, frame: bytes) -> None:
         try:
-            self.pub.send(msgpack.packb(heartbeat.to_wire(), use_bin_type=True), zmq.NOBLOCK)
+            self.pub.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("Heartbeat not published: %s", exc)
 
-    def receive(self) -> list[Heartbeat]:
-        beats: list[Heartbeat] = []
-        while len(beats) < RECEIVE_PER_TURN_MAX:
+    def receive(self) -> list[bytes]:
+        frames: list[bytes] = []
+        while len(frames) < RECEIVE_PER_TURN_MAX:
             try:
-                frame = self.sub.recv(zmq.NOBLOCK)
+                frames.append(self.sub.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            try:
-                beats.append(Heartbeat.from_wire(msgpack.unpackb(frame, raw=False)))
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                self.malformed += 1
-                log.debug("Ignored a malformed heartbeat: %s", exc)
-        return beats
+        return frames
 
     def close(self) -> None:
         self.pub.close(linger=LEAVING_LINGER_MS)  # let the "leaving" heartbeat go out

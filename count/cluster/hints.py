@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-import lmdb
 import msgpack
 import numpy as np
 
@@ -50,13 +49,11 @@ def series_extents(write: WriteRequest) -> list[tuple[str, int, int, int]]:
 class HintLog:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.db = storage.db["hints"]
         self._hints: dict[str, dict[str, Hint]] = {}
-        with storage.env.begin() as txn:
-            for key, value in txn.cursor(self.db):
-                target, _, series = bytes(key).partition(b"\0")
-                self._hints.setdefault(target.decode(), {})[series.decode()] = Hint(
-                    *msgpack.unpackb(value))
+        for key, value in storage.hint_records():
+            target, _, series = key.partition(b"\0")
+            self._hints.setdefault(target.decode(), {})[series.decode()] = Hint(
+                *msgpack.unpackb(value))
         self._totals = {target: sum(h.points for h in table.values())
                         for target, table in self._hints.items()}
         self.added = 0
@@ -78,12 +75,7 @@ class HintLog:
                 changed[_key(target, series)] = hint
         if not changed:
             return
-
-        def body(txn: lmdb.Transaction) -> None:
-            for key, hint in changed.items():
-                txn.put(key, hint.pack(), db=self.db)
-
-        self.storage.transact(body)
+        self.storage.update_hints({key: hint.pack() for key, hint in changed.items()}, [])
         self.added += len(changed)
 
     def targets(self) -> list[str]:
@@ -106,12 +98,7 @@ class HintLog:
                 if series in table and table[series].revision == hint.revision]
         if not done:
             return
-
-        def body(txn: lmdb.Transaction) -> None:
-            for series in done:
-                txn.delete(_key(target, series), db=self.db)
-
-        self.storage.transact(body)
+        self.storage.update_hints({}, [_key(target, series) for series in done])
         for series in done:
             points = table.pop(series).points
             self.delivered_points += points
@@ -128,9 +115,4 @@ class HintLog:
         hint.points -= delivered
         self._totals[target] -= delivered
         self.delivered_points += delivered
-        packed = hint.pack()
-
-        def body(txn: lmdb.Transaction) -> None:
-            txn.put(_key(target, series), packed, db=self.db)
-
-        self.storage.transact(body)
+        self.storage.update_hints({_key(target, series): hint.pack()}, [])

@@ -14,16 +14,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgpack
+
 from count.cluster.failure import PhiAccrualDetector
 
 HEARTBEAT_WIRE_VERSION = 1
 STATES = ("normal", "leaving")
 # Bounds on what a heartbeat off the network may hold.
+HEARTBEAT_BYTES_MAX = 64 * 1024
 WIRE_STRING_CHARS_MAX = 256
 WIRE_HINT_ENTRIES_MAX = 1024
 # A starting cluster gets this many heartbeat intervals, plus one failure timeout, to find
 # itself before a missing majority is reported as a partition.
 STARTUP_GRACE_INTERVALS = 3
+# A gap between two ticks longer than this many heartbeat intervals means this node's own
+# loop stalled (SIGSTOP, a frozen VM, a long pause): the peers' heartbeats sent meanwhile
+# have not been read yet, so no peer is judged on that tick (Cassandra's local pause guard).
+LOCAL_PAUSE_INTERVALS = 2
 
 
 def _string(value: object, what: str) -> str:
@@ -55,6 +62,19 @@ class Heartbeat:
         return [HEARTBEAT_WIRE_VERSION, self.node_id, self.address, self.generation, self.seq,
                 self.state, self.members_digest, self.load.get("points", 0),
                 self.load.get("bytes", 0), dict(self.load.get("hints", {}))]
+
+    def pack(self) -> bytes:
+        return msgpack.packb(self.to_wire(), use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, frame: bytes | memoryview) -> Heartbeat | None:
+        """A heartbeat off the network, or None if the frame is not one."""
+        if len(frame) > HEARTBEAT_BYTES_MAX:
+            return None
+        try:
+            return cls.from_wire(msgpack.unpackb(frame, raw=False))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
 
     @classmethod
     def from_wire(cls, obj: object) -> Heartbeat:
@@ -102,6 +122,8 @@ _LOG_LINES = {
     "partition_healed": "Network partition healed: {detail} members alive",
     "config_mismatch": "Cluster configuration differs: node {who} ({address}) lists other"
                        " members than this node (CLUSTER_NODES must be the same on every node)",
+    "local_pause": "Not marking nodes down: this node's own loop stalled for {detail}"
+                   " (a local pause); its peers' heartbeats have not been read yet",
 }
 
 
@@ -147,7 +169,8 @@ class Membership:
     """This node's view of the members: who is alive, and whether a majority is reachable."""
 
     def __init__(self, self_address: str, self_node_id: int | str, members: Sequence[str], *,
-                 heartbeat_interval_s: float, failure_timeout_s: float) -> None:
+                 heartbeat_interval_s: float, failure_timeout_s: float,
+                 local_pause_s: float | None = None) -> None:
         assert self_address in members, (self_address, members)
         assert len(set(members)) == len(members), members
         self.self_address = self_address
@@ -159,7 +182,11 @@ class Membership:
                                            expected_interval_s=heartbeat_interval_s)
         self._peers = {a: _Peer(self._detector()) for a in self.members if a != self_address}
         self._grace_s = heartbeat_interval_s * STARTUP_GRACE_INTERVALS + failure_timeout_s
+        self._interval_s = heartbeat_interval_s
+        self._local_pause_s = (LOCAL_PAUSE_INTERVALS * heartbeat_interval_s
+                               if local_pause_s is None else local_pause_s)
         self._first_tick_s: float | None = None
+        self._last_tick_s: float | None = None
         self._grace_over = False
         self._partitioned = False  # a partition was reported and has not healed yet
 
@@ -196,6 +223,12 @@ class Membership:
         """Mark down the members whose heartbeats stopped; returns the events that causes."""
         if self._first_tick_s is None:
             self._first_tick_s = now_s
+        last, self._last_tick_s = self._last_tick_s, now_s
+        if last is not None and now_s - last > self._local_pause_s:
+            stalled_s = now_s - last - self._interval_s
+            for peer in self._peers.values():
+                peer.detector.shift(stalled_s)
+            return [Event("local_pause", "", None, f"{stalled_s:.1f} s")]
         self._grace_over = self._grace_over or now_s - self._first_tick_s >= self._grace_s
         events = []
         for address, peer in self._peers.items():

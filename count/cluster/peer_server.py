@@ -1,4 +1,4 @@
-"""The replica port: a ROUTER that other nodes' REQ sockets send operations to."""
+"""The replica port: a ROUTER that other nodes' REQ sockets send messages to."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import zmq
 
 from count.cluster.tcp import configure
-from count.cluster.wire import Op, Result, WireError, pack_results, unpack_ops
 
 log = logging.getLogger("count.cluster")
 
@@ -22,32 +21,23 @@ class PeerServer:
         self.sock.bind(endpoint)
         self.rejected = 0
 
-    def drain(self) -> list[tuple[bytes, str, list[Op]]]:
-        """Queued messages: (return envelope, sender address, operations)."""
-        messages: list[tuple[bytes, str, list[Op]]] = []
+    def drain(self) -> list[tuple[bytes, bytes]]:
+        """Queued messages: (return envelope, frame)."""
+        messages: list[tuple[bytes, bytes]] = []
         while len(messages) < MESSAGES_PER_TURN_MAX:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if len(frames) != 3 or frames[1].bytes:
+            if len(frames) != 3 or frames[1]:
                 self.rejected += 1
                 continue
-            identity = frames[0].bytes
-            try:
-                sender, ops = unpack_ops(frames[2].buffer)
-            except WireError as exc:
-                self.rejected += 1
-                log.warning("Rejected a malformed message from a peer: %s", exc)
-                # REQ waits for a reply; answer so the sender is not stuck until its deadline.
-                self.sock.send_multipart([identity, b"", pack_results([])])
-                continue
-            messages.append((identity, sender, ops))
+            messages.append((frames[0], frames[2]))
         return messages
 
-    def reply(self, identity: bytes, results: list[Result]) -> None:
+    def reply(self, identity: bytes, frame: bytes) -> None:
         try:
-            self.sock.send_multipart([identity, b"", pack_results(results)], zmq.NOBLOCK)
+            self.sock.send_multipart([identity, b"", frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("Could not answer a peer: %s", exc)
 

@@ -17,9 +17,8 @@ import numpy as np
 import orjson
 
 from count.errors import BadRequest
+from count.storage.writes import TIMESTAMP_MAX_MS
 
-# Latest accepted timestamp: 9999-12-31T23:59:59.999Z in Unix milliseconds.
-TIMESTAMP_MAX_MS = 253_402_300_799_999
 # A trailing '/' would be lost in the URL of /query/range/{series}, so a name may not end in one.
 SERIES_NAME_RE = re.compile(r"[A-Za-z0-9._\-/:]*[A-Za-z0-9._\-:]")
 _SERIES, _TIMESTAMP, _VALUE = itemgetter("series"), itemgetter("timestamp"), itemgetter("value")

@@ -12,9 +12,9 @@ from count.broker.client import NodeClient
 from count.config import Config
 from count.errors import BadRequest, PayloadTooLarge
 from count.http.jsonout import render_objects, render_points
-from count.http.points import TIMESTAMP_MAX_MS, check_series_name, parse_points
-
-_TIME_MAX_MS = TIMESTAMP_MAX_MS
+from count.http.points import check_series_name, parse_points
+from count import messages as op
+from count.storage.writes import TIMESTAMP_MAX_MS
 _INTEGER_RE = re.compile(r"-?[0-9]{1,20}")
 
 
@@ -39,8 +39,8 @@ def _int_param(req: falcon.Request, name: str, default: int | None, low: int, hi
 
 
 def _time_range(req: falcon.Request) -> tuple[int, int]:
-    start = _int_param(req, "start", 0, 0, _TIME_MAX_MS)
-    end = _int_param(req, "end", _TIME_MAX_MS, 0, _TIME_MAX_MS)
+    start = _int_param(req, "start", 0, 0, TIMESTAMP_MAX_MS)
+    end = _int_param(req, "end", TIMESTAMP_MAX_MS, 0, TIMESTAMP_MAX_MS)
     if end < start:
         raise BadRequest("end must not be before start")
     return start, end
@@ -65,12 +65,11 @@ CONSISTENCY_HEADER = "X-Count-Consistency"
 REPAIR_TIMEOUT_MS = 600_000
 
 
-def _consistency(req: falcon.Request, args: dict[str, object]) -> dict[str, object]:
-    """Add the request's consistency level (query parameter, else header), if it names one."""
+def _consistency(req: falcon.Request) -> str | None:
+    """The request's consistency level (query parameter, else header), if it names one;
+    the node checks it."""
     level = req.get_param("consistency") or req.get_header(CONSISTENCY_HEADER)
-    if level is not None:
-        args["consistency"] = level.strip().lower()
-    return args
+    return None if level is None else level.strip().lower()
 
 
 class Base:
@@ -86,18 +85,16 @@ class Insert(Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_body(req, self.config.max_body_bytes)
         cols = parse_points(body, self.config.max_batch_points, self.config.max_series_name_length)
-        result = self.client.call("insert", _consistency(req, {
-            "names": cols.names, "idx": cols.idx.tobytes(), "ts": cols.ts.tobytes(),
-            "val": cols.val.tobytes(),
-        }))
+        result = self.client.call(op.Insert(cols.names, cols.idx, cols.ts, cols.val,
+                                         _consistency(req)))
         _json(resp, result, falcon.HTTP_201)
 
 
 class RangeQuery(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
         start, end = _time_range(req)
-        reply = self.client.call("range", _consistency(req, {
-            "series": self._series(series), "start": start, "end": end}))
+        reply = self.client.call(op.ReadRange(self._series(series), start, end,
+                                           _consistency(req)))
         ts = np.frombuffer(reply["ts"], np.int64)
         val = np.frombuffer(reply["val"], np.float64)
         resp.content_type = falcon.MEDIA_JSON
@@ -111,12 +108,12 @@ class AggregatedQuery(Base):
         if aggregation is None:
             raise BadRequest("query parameter 'aggregation' is required "
                              "(sum, mean, avg, min, max or count)")
-        args: dict[str, object] = {"series": self._series(series), "start": start, "end": end,
-                                   "aggregation": aggregation}
+        interval = None
         if req.get_param("interval") is not None:
-            args["interval"] = _int_param(req, "interval", None, 1, _TIME_MAX_MS)
-        reply = self.client.call("aggregate", _consistency(req, args))
-        if "interval" not in args:
+            interval = _int_param(req, "interval", None, 1, TIMESTAMP_MAX_MS)
+        reply = self.client.call(op.Aggregate(self._series(series), start, end, aggregation,
+                                           interval, _consistency(req)))
+        if interval is None:
             _json(resp, reply["value"])
             return
         resp.content_type = falcon.MEDIA_JSON
@@ -133,29 +130,29 @@ class SeriesList(Base):
         if len(prefix) > self.config.max_series_name_length:
             raise BadRequest("prefix is longer than the longest series name")
         limit = _int_param(req, "limit", 1000, 1, 100_000)
-        _json(resp, self.client.call("series", {"prefix": prefix, "limit": limit}))
+        _json(resp, self.client.call(op.ListSeries(prefix, limit)))
 
 
 class Health(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, self.client.call("health", {}))
+        _json(resp, self.client.call(op.Health()))
 
 
 class Stats(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, self.client.call("stats", {}))
+        _json(resp, self.client.call(op.Stats()))
 
 
 class Endpoints(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, series: str) -> None:
-        _json(resp, self.client.call("endpoints", {"series": self._series(series)}))
+        _json(resp, self.client.call(op.Endpoints(self._series(series))))
 
 
 class ClusterStatus(Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, self.client.call("cluster_status", {}))
+        _json(resp, self.client.call(op.ClusterStatus()))
 
 
 class Repair(Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, self.client.call("repair", {}, timeout_ms=REPAIR_TIMEOUT_MS))
+        _json(resp, self.client.call(op.Repair(), timeout_ms=REPAIR_TIMEOUT_MS))

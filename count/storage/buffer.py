@@ -9,6 +9,7 @@ them for the flush.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,8 +19,10 @@ _GROWTH = 2
 
 
 class MemoryBuffer:
-    def __init__(self, capacity_points: int) -> None:
+    def __init__(self, capacity_points: int,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         assert capacity_points > 0
+        self._monotonic = monotonic
         self._sid = np.empty(capacity_points, np.uint32)
         self._ts = np.empty(capacity_points, np.int64)
         self._val = np.empty(capacity_points, np.float64)
@@ -42,7 +45,7 @@ class MemoryBuffer:
         self._val[self._n:end] = val
         self._ver[self._n:end] = ver
         if self._n == 0 and count:
-            self.oldest_monotonic = time.monotonic()
+            self.oldest_monotonic = self._monotonic()
         self._n = end
 
     def _grow(self, needed: int) -> None:

@@ -11,19 +11,15 @@ the next compaction simply redoes the work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import lmdb
 import numpy as np
 
 from count.storage import keys
 from count.storage.blocks import Block, cut_blocks
 from count.storage.codec import decode_block
+from count.storage.environment import Environment
 from count.storage.merge import Columns, concat, merge_sorted, resolve_by_series
 from count.storage.segments import Segment
-
-if TYPE_CHECKING:
-    from count.storage.engine import Storage
 
 SERIES_PER_STEP = 16
 
@@ -31,10 +27,10 @@ SERIES_PER_STEP = 16
 class Compaction:
     """One compaction job over a fixed set of segments, run in steps."""
 
-    def __init__(self, storage: Storage, segment_keys: list[bytes]) -> None:
-        self.storage = storage
+    def __init__(self, environment: Environment, segment_keys: list[bytes]) -> None:
+        self.lmdb = environment
         self.segment_keys = segment_keys
-        with storage.env.begin(buffers=True) as txn:
+        with environment.begin(buffers=True) as txn:
             sids = [s.sids.copy() for s in self._segments(txn)]
         self.pending = np.unique(np.concatenate(sids)) if sids else np.empty(0, np.uint32)
         self.position = 0
@@ -42,14 +38,14 @@ class Compaction:
         self.blocks_written = 0
 
     def _segments(self, txn: lmdb.Transaction) -> list[Segment]:
-        db = self.storage.db["segments"]
+        db = self.lmdb.db["segments"]
         found = (txn.get(k, db=db) for k in self.segment_keys)
         return [Segment(data) for data in found if data is not None]
 
     def _gather(self, first_sid: int, last_sid: int) -> list[tuple[int, Columns]]:
         """The segments' points for a run of series ids, resolved by LWW, per series."""
         sids, parts, ranks = [], [], []
-        with self.storage.env.begin(buffers=True) as txn:
+        with self.lmdb.begin(buffers=True) as txn:
             for rank, segment in enumerate(self._segments(txn)):
                 sid, cols = segment.gather(first_sid, last_sid)
                 sids.append(sid)
@@ -63,15 +59,15 @@ class Compaction:
                                       cols.ver[bounds[k]:bounds[k + 1]]))
                 for k in range(len(ids))]
 
-    def step(self) -> bool:
-        """Compact the next few series; True when the job is finished."""
+    def step(self, first_block: int) -> tuple[bool, int]:
+        """Compact the next few series, numbering new blocks from ``first_block``; returns
+        (whether the job is finished, the next free block number)."""
         if self.position >= len(self.pending):
             self._finish()
-            return True
+            return True, first_block
         chunk = self.pending[self.position:self.position + SERIES_PER_STEP]
         gathered = self._gather(int(chunk[0]), int(chunk[-1]))
-        db = self.storage.db
-        first_block = self.storage.next_block
+        db = self.lmdb.db
 
         def body(txn: lmdb.Transaction) -> int:
             next_block = first_block
@@ -79,20 +75,20 @@ class Compaction:
                 next_block = fold_series(txn, db, sid, cols, next_block)
             return next_block
 
-        self.storage.next_block = self.storage.transact(body)
-        self.blocks_written += self.storage.next_block - first_block
+        next_block = self.lmdb.transact(body)
+        self.blocks_written += next_block - first_block
         self.points_folded += sum(len(c) for _, c in gathered)
         self.position += len(chunk)
-        return False
+        return False, next_block
 
     def _finish(self) -> None:
-        db = self.storage.db["segments"]
+        db = self.lmdb.db["segments"]
 
         def body(txn: lmdb.Transaction) -> None:
             for key in self.segment_keys:
                 txn.delete(key, db=db)
 
-        self.storage.transact(body)
+        self.lmdb.transact(body)
 
 
 def _decode(data: bytes | memoryview) -> Columns:

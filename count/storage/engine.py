@@ -12,42 +12,40 @@ LMDB databases (all keys big-endian):
   tails       sid -> block (newest, still filling)
   blocks      seq u64 -> full block     bindex        (sid, max_ts) -> (seq, min_ts, count)
   meta        b"version_high" -> u64, b"wal_generation" -> u64 (the last flushed),
-              b"member_ids" -> the members' NODE_IDs by address (``cluster/coordinator.py``)
-  hints       target address NUL series -> hint (``count/cluster/hints.py``)
+              and named records of the cluster layer (``meta_get``/``meta_put``)
+  hints       target address NUL series -> hint (``hint_records``/``update_hints``;
+              their meaning is ``count/cluster/hints.py``'s)
+
+The clock is an input (``monotonic``), so a simulation drives flush timing as it drives
+everything else.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import lmdb
 import numpy as np
 
-from count.errors import BadRequest, DiskFull
+from count.errors import DiskFull, RangeTooLarge
 from count.storage import keys
 from count.storage.buffer import MemoryBuffer
 from count.storage.cache import BlockCache
 from count.storage.codec import block_header, decode_block
 from count.storage.compaction import Compaction
+from count.storage.environment import DATABASES, Environment
 from count.storage.merge import EMPTY, Columns, merge_sorted
 from count.storage.segments import Segment, build_pack, build_segment
+from count.storage.writes import WriteRequest
 from count.storage.wal import WriteAheadLog, decode_points, encode_points
 
 log = logging.getLogger("count.storage")
 
-T = TypeVar("T")
-
-DATABASES = ("series", "series_names", "segments", "tails", "blocks", "bindex", "meta", "hints")
-# A map that cannot grow this many times in a row means the disk is the limit.
-MAP_GROWTH_TRIES_MAX = 12
-MAP_SIZE_MAX_BYTES = 1 << 44
 # Compaction starts once this many segments wait, or when the node is idle. Each flush
 # segment holds MEMORY_BUFFER_SIZE points: with the default that is 1.28 M points, so a
 # burst of ingest is not slowed by compaction until then.
@@ -60,39 +58,14 @@ BUFFER_LIMIT_FACTOR = 4
 # At a clean stop the file is rewritten without free pages when they are this share of it.
 COMPACT_COPY_FREE_RATIO = 0.10
 _COMPACT_DIR = "compact.tmp"
+# The engine's own meta records; the layers above name theirs otherwise.
+_ENGINE_META = (b"version_high", b"wal_generation")
 
 
-@dataclasses.dataclass
-class WriteRequest:
-    """One insert: unique series names, per-point index into them, and the points.
-
-    ``version`` is one write version for every point (a coordinated insert) or one per point
-    (a replica repair or hint, which keeps each point's original version).
-    """
-
-    names: list[str]
-    idx: np.ndarray
-    ts: np.ndarray
-    val: np.ndarray
-    version: int | np.ndarray
-
-    def versions(self) -> np.ndarray:
-        if isinstance(self.version, np.ndarray):
-            return self.version.astype(np.uint64, copy=False)
-        return np.full(len(self.ts), self.version, np.uint64)
-
-    def version_max(self) -> int:
-        if isinstance(self.version, np.ndarray):
-            return int(self.version.max())
-        return self.version
-
-
-def _is_disk_full(exc: lmdb.Error) -> bool:
-    """ENOSPC, or EIO: a full tmpfs or thin volume fails LMDB's page writes short."""
-    text = str(exc)
-    return (isinstance(exc, lmdb.DiskError) or "No space left" in text
-            or "Input/output error" in text
-            or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EIO))
+def _meta_key(name: str) -> bytes:
+    key = name.encode()
+    assert key not in _ENGINE_META, name
+    return key
 
 
 class Storage:
@@ -102,25 +75,23 @@ class Storage:
         map_size_bytes: int,
         buffer_points: int,
         flush_interval_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         shutil.rmtree(os.path.join(path, _COMPACT_DIR), ignore_errors=True)
         self.path = path
         self.buffer_points = buffer_points
         self.flush_interval_s = flush_interval_s
-        self.env = lmdb.open(
-            path, map_size=map_size_bytes, max_dbs=len(DATABASES), readahead=False,
-            max_readers=64, sync=True, metasync=True,
-        )
-        if self.env.info()["map_size"] < map_size_bytes:
-            self.env.set_mapsize(map_size_bytes)
-        self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
-        self.buffer = MemoryBuffer(buffer_points)
+        self.monotonic = monotonic
+        self.lmdb = Environment(path, map_size_bytes)
+        self.env = self.lmdb.env
+        self.db = self.lmdb.db
+        self.transact = self.lmdb.transact
+        self.buffer = MemoryBuffer(buffer_points, monotonic)
         self.compaction: Compaction | None = None
         self.block_cache = BlockCache()
         self.flushes = 0
         self.flush_failing = False
-        self.commits = 0
         self._sids: dict[str, int] = {}
         self._names: list[str] = []
         # Per series id, the number of the last write() that touched it: lets anti-entropy
@@ -133,21 +104,17 @@ class Storage:
 
     # -- startup ---------------------------------------------------------------------------
 
-    def _last_key(self, txn: lmdb.Transaction, db: str) -> bytes | None:
-        cur = txn.cursor(self.db[db])
-        return bytes(cur.key()) if cur.last() else None
-
     def _load(self) -> None:
         with self.env.begin() as txn:
             for name, sid in txn.cursor(self.db["series"]):
                 self._sids[name.decode()] = keys.unpack_u32(sid)
             self._names = sorted(self._sids, key=self._sids.__getitem__)
-            last = self._last_key(txn, "series_names")
+            last = self.lmdb.last_key(txn, "series_names")
             self._next_sid = keys.unpack_u32(last) + 1 if last else 1
-            last = self._last_key(txn, "blocks")
+            last = self.lmdb.last_key(txn, "blocks")
             self.next_block = keys.unpack_u64(last) + 1 if last else 1
             self._segment_keys = [bytes(k) for k in txn.cursor(self.db["segments"]).iternext(values=False)]
-            last = self._last_key(txn, "segments")
+            last = self.lmdb.last_key(txn, "segments")
             self._next_segment = keys.unpack_u64(last) + 1 if last else 1
             high = txn.get(b"version_high", db=self.db["meta"])
             self.version_high = keys.unpack_u64(high) if high else 0
@@ -163,37 +130,6 @@ class Storage:
             "Storage opened at %s: %d series, %d segments, %d points replayed from the WAL",
             self.path, len(self._sids), len(self._segment_keys), replayed,
         )
-
-    # -- transactions ----------------------------------------------------------------------
-
-    def transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``body`` in one write transaction and commit it durably.
-
-        The map doubles and the body is retried when the map is full; a full disk raises
-        DiskFull with nothing changed. ``body`` must be safe to run again.
-        """
-        for _ in range(MAP_GROWTH_TRIES_MAX):
-            try:
-                with self.env.begin(write=True) as txn:
-                    result = body(txn)
-                self.commits += 1
-                return result
-            except lmdb.MapFullError:
-                self._grow_map()
-            except lmdb.Error as exc:
-                if _is_disk_full(exc):
-                    log.error("Write failed: disk full at %s (%s)", self.path, exc)
-                    raise DiskFull(f"disk full: no room to store the write under {self.path} "
-                                   f"({exc})") from None
-                raise
-        raise DiskFull("disk full: the LMDB map could not grow enough for this write")
-
-    def _grow_map(self) -> None:
-        size = self.env.info()["map_size"]
-        if size >= MAP_SIZE_MAX_BYTES:
-            raise DiskFull("disk full: the LMDB map reached its largest size")
-        self.env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
-        log.info("LMDB map grown from %d to %d MiB", size >> 20, self.env.info()["map_size"] >> 20)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -258,13 +194,13 @@ class Storage:
         if len(self.buffer) >= self.buffer_points:
             return True
         oldest = self.buffer.oldest_monotonic
-        return oldest is not None and time.monotonic() - oldest >= self.flush_interval_s
+        return oldest is not None and self.monotonic() - oldest >= self.flush_interval_s
 
     def seconds_to_flush(self) -> float | None:
         oldest = self.buffer.oldest_monotonic
         if oldest is None:
             return None
-        return max(0.0, oldest + self.flush_interval_s - time.monotonic())
+        return max(0.0, oldest + self.flush_interval_s - self.monotonic())
 
     def flush(self) -> None:
         """Move the memory buffer into one segment, then start the WAL's next generation."""
@@ -308,12 +244,13 @@ class Storage:
         return len(self._segment_keys)
 
     def start_compaction(self) -> None:
-        self.compaction = Compaction(self, list(self._segment_keys))
+        self.compaction = Compaction(self.lmdb, list(self._segment_keys))
 
     def compaction_step(self) -> None:
         """One bounded step of the running compaction; finishing it drops its segments."""
         assert self.compaction is not None
-        if self.compaction.step():
+        finished, self.next_block = self.compaction.step(self.next_block)
+        if finished:
             done = set(self.compaction.segment_keys)
             self._segment_keys = [k for k in self._segment_keys if k not in done]
             self.compaction = None
@@ -364,9 +301,7 @@ class Storage:
                     if min_ts >= start and keys.unpack_index_key(key)[1] <= end:
                         total += count  # only blocks wholly inside: a lower bound
                     if total > points_max:
-                        raise BadRequest(
-                            f"the range holds more than {points_max} points: narrow it "
-                            "(MAX_QUERY_POINTS)")
+                        raise RangeTooLarge(points_max)
                     parts.append(self._block(txn, seq).between(start, end))
             tail = txn.get(prefix, db=self.db["tails"])
             if tail is not None:
@@ -380,8 +315,7 @@ class Storage:
         parts.append(self.buffer.series(sid, start, end))
         merged = merge_sorted(parts)
         if len(merged) > points_max:
-            raise BadRequest(
-                f"the range holds more than {points_max} points: narrow it (MAX_QUERY_POINTS)")
+            raise RangeTooLarge(points_max)
         return merged
 
     def series_stamp(self, name: str) -> int:
@@ -433,17 +367,49 @@ class Storage:
             "blocks": blocks,
             "tails": tails,
             "flushes": self.flushes,
-            "commits": self.commits,
+            "commits": self.lmdb.commits,
             "block_cache_hits": self.block_cache.hits,
             "block_cache_misses": self.block_cache.misses,
             "wal_appends": self.wal.appends,
             "compacting": self.compaction is not None,
-            "map_size_bytes": self.env.info()["map_size"],
+            "map_size_bytes": self.lmdb.map_size_bytes(),
             "file_bytes": self.file_bytes(),
         }
 
     def file_bytes(self) -> int:
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+        return self.lmdb.file_bytes()
+
+    # -- records of the cluster layer ------------------------------------------------------
+
+    def meta_get(self, name: str) -> bytes | None:
+        """A named record of the layers above (e.g. the members' ids); None if absent."""
+        with self.env.begin() as txn:
+            value = txn.get(_meta_key(name), db=self.db["meta"])
+        return None if value is None else bytes(value)
+
+    def meta_put(self, name: str, value: bytes) -> None:
+        """Store a named record durably (DiskFull if there is no room)."""
+        key = _meta_key(name)
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.put(key, value, db=self.db["meta"])
+
+        self.transact(body)
+
+    def hint_records(self) -> list[tuple[bytes, bytes]]:
+        """Every stored hint record (key, value), in key order."""
+        with self.env.begin() as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(self.db["hints"])]
+
+    def update_hints(self, put: dict[bytes, bytes], delete: list[bytes]) -> None:
+        """Store and delete hint records in one durable transaction."""
+        def body(txn: lmdb.Transaction) -> None:
+            for key, value in put.items():
+                txn.put(key, value, db=self.db["hints"])
+            for key in delete:
+                txn.delete(key, db=self.db["hints"])
+
+        self.transact(body)
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -81,14 +81,19 @@ def write_series(cluster: Cluster, names: list[str], n_points: int,
 
 def assert_holds(node: CountNode, model: dict[str, dict[int, float]], expected: set[str],
                  what: str) -> None:
-    """``node`` answers exactly ``model[s]`` for the series in ``expected`` and nothing for
-    the others (it is alone, so this is what its own storage holds)."""
+    """``node`` answers exactly ``model[s]`` for the series in ``expected`` (it is alone, so
+    this is what its own storage holds) and, for the others, a 503 naming the replicas that
+    did not answer: never an empty answer for data it cannot reach."""
     problems = []
     for name, series_model in model.items():
+        if name not in expected:
+            resp = node.get(f"/query/range/{name}")
+            if resp.status_code != 503 or "not answering: node" not in resp.json()["error"]:
+                problems.append(f"{name}: {resp.status_code} {resp.text[:120]}, expected 503")
+            continue
         got = node.range(name)
-        want = rows(series_model) if name in expected else []
-        if got != want:
-            problems.append(f"{name}: {len(got)} points, expected {len(want)}")
+        if got != rows(series_model):
+            problems.append(f"{name}: {len(got)} points, expected {len(series_model)}")
     assert not problems, f"{what}: {problems[:10]} ({len(problems)} of {len(model)} series)"
 
 

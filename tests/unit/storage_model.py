@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from count.http.points import TIMESTAMP_MAX_MS
+from count.storage.writes import TIMESTAMP_MAX_MS
 from count.storage import keys
 from count.storage.blocks import BLOCK_BYTES_MAX
 from count.storage.codec import decode_block

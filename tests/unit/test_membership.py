@@ -25,9 +25,13 @@ IDS = {A: 1, B: 2, C: 3}
 GRACE_S = 7.0
 
 
-def membership(members: tuple[str, ...] = MEMBERS, self_address: str = A) -> Membership:
+def membership(members: tuple[str, ...] = MEMBERS, self_address: str = A,
+               local_pause_s: float = 1e9) -> Membership:
+    """A member's view; the tests tick it sparsely, so its local pause guard is off unless a
+    test is about it."""
     return Membership(self_address, IDS.get(self_address, 1), members,
-                      heartbeat_interval_s=1.0, failure_timeout_s=4.0)
+                      heartbeat_interval_s=1.0, failure_timeout_s=4.0,
+                      local_pause_s=local_pause_s)
 
 
 def hb(address: str, seq: int, *, generation: int = 1000, state: str = "normal",
@@ -112,6 +116,32 @@ def test_regular_heartbeats_keep_a_member_alive():
         m.receive(hb(C, second + 1), second + 0.5)
         assert m.tick(second + 0.9) == []
     assert m.health() == "healthy"
+
+
+def test_a_stalled_loop_convicts_no_peer_and_judges_them_from_its_resumption():
+    """SIGSTOP for 8 s: the ticks stop, heartbeats queue unread. The first tick after it is
+    a local pause, not five peers down; a peer that really died meanwhile is convicted one
+    failure timeout after the resumption."""
+    m = membership(local_pause_s=2.0)
+    for second in range(10):
+        m.receive(hb(B, second + 1), float(second))
+        m.receive(hb(C, second + 1), float(second))
+        assert m.tick(second + 0.5) == []
+    events = m.tick(17.5)  # stalled from 9.5 to 17.5
+    assert kinds(events) == ["local_pause"]
+    assert describe(events[0]).startswith("Not marking nodes down: this node's own loop "
+                                          "stalled for 7.0 s")
+    assert m.alive(B) and m.alive(C)
+    m.receive(hb(B, 11), 17.6)  # B's queued heartbeats are read; C died during the pause
+    events, now_s = [], 17.5
+    while not events:
+        now_s += 1.0
+        m.receive(hb(B, int(now_s)), now_s)
+        events = m.tick(now_s)
+    assert kinds(events) == ["unreachable"] and events[0].address == C
+    assert m.alive(B)
+    # As long after the resumption as C's silence before the stall lets the detector wait.
+    assert 1.0 <= now_s - 17.5 <= 4.0
 
 
 # --- leaving and restarts ----------------------------------------------------------------

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from count.errors import BadRequest
-from count.http.points import TIMESTAMP_MAX_MS, check_series_name, parse_points
+from count.http.points import check_series_name, parse_points
+from count.storage.writes import TIMESTAMP_MAX_MS
 
 BATCH_MAX = 1000
 NAME_MAX = 64

@@ -1,4 +1,4 @@
-"""Peer wire messages: round trips, and refusal of anything that is not one."""
+"""Peer envelopes: round trips, and refusal of anything that is not one."""
 
 from __future__ import annotations
 
@@ -6,40 +6,49 @@ import msgpack
 import pytest
 
 from count.cluster.wire import (
-    OPS_PER_MESSAGE_MAX, WIRE_VERSION, WireError, pack_ops, pack_results, unpack_ops,
-    unpack_results,
+    OPS_PER_MESSAGE_MAX,
+    WIRE_VERSION,
+    WireError,
+    pack_reply,
+    pack_request,
+    unpack_reply,
+    unpack_request,
 )
+from count.messages import ReplicaRead, ReplicaSeries
 
 
-def test_ops_round_trip():
-    ops = [("write", {"names": ["a"], "ts": b"\x00" * 8}), ("read", {"series": "a"})]
-    sender, back = unpack_ops(pack_ops("127.0.0.1:8080", ops))
-    assert sender == "127.0.0.1:8080"
-    assert back == ops
+def test_request_round_trip():
+    ops = [ReplicaRead("a", 0, 9), ReplicaSeries("cpu.", 10)]
+    sender, message_id, back = unpack_request(pack_request("127.0.0.1:8080", 7, ops))
+    assert (sender, message_id) == ("127.0.0.1:8080", 7)
+    assert back == [("read", {"series": "a", "start": 0, "end": 9}),
+                    ("list", {"prefix": "cpu.", "limit": 10})]
 
 
-def test_results_round_trip():
+def test_reply_round_trip():
     results = [(201, None), (503, "node 2 is down"), (200, {"ts": b"x"})]
-    assert unpack_results(pack_results(results), 3) == results
+    assert unpack_reply(pack_reply(3, results)) == (3, results)
 
 
 @pytest.mark.parametrize("frame", [
-    b"", b"\xc1", msgpack.packb([WIRE_VERSION + 1, "a", []]), msgpack.packb([WIRE_VERSION, 7, []]),
-    msgpack.packb([WIRE_VERSION, "a", [["op"]]]), msgpack.packb([WIRE_VERSION, "a", [[1, {}]]]),
-    msgpack.packb([WIRE_VERSION, "a", [["op", {}]] * (OPS_PER_MESSAGE_MAX + 1)]),
+    b"", b"\xc1", msgpack.packb([WIRE_VERSION + 1, "a", 1, []]),
+    msgpack.packb([WIRE_VERSION, 7, 1, []]), msgpack.packb([WIRE_VERSION, "a", "1", []]),
+    msgpack.packb([WIRE_VERSION, "a", 1, [["op"]]]),
+    msgpack.packb([WIRE_VERSION, "a", 1, [[1, {}]]]),
+    msgpack.packb([WIRE_VERSION, "a", 1, [["op", {}]] * (OPS_PER_MESSAGE_MAX + 1)]),
     msgpack.packb({"not": "a list"}),
 ])
 def test_malformed_requests_are_refused(frame):
     with pytest.raises(WireError):
-        unpack_ops(frame)
+        unpack_request(frame)
 
 
-@pytest.mark.parametrize(("frame", "expected"), [
-    (pack_results([(201, None)]), 2),
-    (msgpack.packb([WIRE_VERSION + 1, []]), 0),
-    (msgpack.packb([WIRE_VERSION, [["201", None]]]), 1),
-    (b"\x00garbage", 1),
+@pytest.mark.parametrize("frame", [
+    msgpack.packb([WIRE_VERSION + 1, 1, []]),
+    msgpack.packb([WIRE_VERSION, 1, [["201", None]]]),
+    msgpack.packb([WIRE_VERSION, "1", []]),
+    b"\x00garbage",
 ])
-def test_replies_that_do_not_answer_every_op_are_refused(frame, expected):
+def test_malformed_replies_are_refused(frame):
     with pytest.raises(WireError):
-        unpack_results(frame, expected)
+        unpack_reply(frame)

@@ -1,0 +1,287 @@
+"""One node's decisions as a state machine: messages and ticks in, a ``Ready`` out.
+
+``NodeCore`` holds everything that decides (membership and the failure detector, the ring,
+the links to peers, the write and read paths, hand-off, anti-entropy) and does no I/O of its
+own: a driver feeds it what arrived (``client``, ``peer_request``, ``peer_reply``,
+``gossip``), calls ``tick`` for the timers, and takes ``ready()``: the replies to clients
+and peers, the frames to send, the heartbeat to publish, and when to wake it next. Time
+and randomness come in through the ``Clock`` and ``random.Random`` it is given; storage is
+its own replica's, which it commits once per turn.
+
+Two drivers run it unchanged: the node process's ZeroMQ loop (``count/node_process.py``)
+and the simulation (``count/sim/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from count.clock import Clock
+from count.cluster.antientropy import AntiEntropy
+from count.cluster.context import NodeContext
+from count.cluster.handoff import HandOff
+from count.cluster.hints import HintLog
+from count.cluster.link import PeerLink
+from count.cluster.membership import Event, Heartbeat, Membership, describe, members_digest
+from count.cluster.placement import Placement
+from count.cluster.quorum import once
+from count.cluster.reads import Reads
+from count.cluster.ring import Ring
+from count.cluster.status import Status
+from count.cluster.wire import Result, WireError, pack_reply, unpack_request
+from count.cluster.writes import Writes
+from count.config import Config
+from count.errors import CountError
+from count.failsafe import survive
+from count.messages import (
+    CLIENT_OPERATIONS,
+    PEER_OPERATIONS,
+    Aggregate,
+    BucketPoints,
+    ClusterStatus,
+    DigestRanges,
+    DigestSeries,
+    Endpoints,
+    Health,
+    Insert,
+    ListSeries,
+    Message,
+    ReadRange,
+    Repair,
+    ReplicaRead,
+    ReplicaSeries,
+    ReplicaWrite,
+    Reply,
+    Stats,
+    decode,
+)
+from count.replica import LocalReplica
+
+log = logging.getLogger("count.node")
+
+# A node that has had no request for this long is idle (compaction may run at full pace).
+IDLE_AFTER_S = 1.0
+_WARN_EVENTS = ("unreachable", "partition", "config_mismatch", "local_pause")
+
+Handler = Callable[[Any, Reply], None]
+
+
+@dataclasses.dataclass
+class Ready:
+    """What a turn produced, for the driver to carry out."""
+
+    replies: list[tuple[Any, int, Any]]  # (client token, status, body)
+    sends: list[tuple[str, bytes]]  # (peer address, request frame)
+    answers: list[tuple[Any, bytes]]  # (peer request token, reply frame)
+    publish: list[bytes]  # heartbeat frames
+    wake_s: float | None  # monotonic time the next timer is due (None: nothing pending)
+    more_work: bool  # storage upkeep is waiting: call tick again without sleeping
+
+
+class NodeCore:
+    def __init__(self, config: Config, self_address: str, replica: LocalReplica, clock: Clock,
+                 rng: random.Random) -> None:
+        members = config.members()
+        heartbeat_s = config.heartbeat_interval_ms / 1000
+        membership = Membership(
+            self_address, config.node_id, members, heartbeat_interval_s=heartbeat_s,
+            # One late heartbeat must never be taken for a failure.
+            failure_timeout_s=max(config.failure_timeout_ms,
+                                  2 * config.heartbeat_interval_ms) / 1000)
+        links = {m: PeerLink(self_address, m, config.replica_timeout_ms / 1000,
+                             config.replica_retries)
+                 for m in members if m != self_address}
+        self.ctx = ctx = NodeContext(config, self_address, replica, clock, rng, Ring(members),
+                                     membership, links, HintLog(replica.storage))
+        self.clock = clock
+        self.heartbeat_s = heartbeat_s
+        placement = Placement(ctx)
+        self.writes = Writes(ctx, placement)
+        self.reads = Reads(ctx, placement, membership.alive)
+        self.handoff = HandOff(ctx)
+        self.anti_entropy = AntiEntropy(ctx)
+        self.status = Status(ctx, placement, self.anti_entropy)
+        self._client_handlers: dict[type[Message], Handler] = {
+            Insert: self.writes.insert,
+            ReadRange: self.reads.read_range,
+            Aggregate: self.reads.aggregate,
+            ListSeries: self.reads.list_series,
+            Health: self.status.health,
+            Stats: self.status.stats,
+            Endpoints: self.status.endpoints,
+            ClusterStatus: self.status.cluster_status,
+            Repair: lambda msg, reply: self.anti_entropy.start_now(reply),
+        }
+        self._peer_handlers: dict[type[Message], Handler] = {
+            ReplicaWrite: self.writes.serve,
+            ReplicaRead: self.reads.serve_read,
+            ReplicaSeries: self.reads.serve_series,
+            DigestRanges: self.anti_entropy.serve_ranges,
+            DigestSeries: self.anti_entropy.serve_series,
+            BucketPoints: self.anti_entropy.serve_points,
+        }
+        assert set(self._client_handlers) == set(CLIENT_OPERATIONS.values())
+        assert set(self._peer_handlers) == set(PEER_OPERATIONS.values())
+        ctx.serve = self._serve_peer_op
+        self.generation = clock.wall_ms()
+        self.seq = 0
+        self.digest = members_digest(members)
+        self._next_heartbeat_s = clock.monotonic_s()
+        self._last_request_s = clock.monotonic_s()
+        self._replies: list[tuple[Any, int, Any]] = []
+        self._answers: list[tuple[Any, bytes]] = []
+        self._publish: list[bytes] = []
+        self._more_work = False
+        self.rejected = 0
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def client(self, token: Any, tag: str, args: dict[str, Any]) -> None:
+        """A request from an HTTP worker; it is answered once, in this or a later Ready."""
+        def to_client(status: int, body: Any) -> None:
+            self._replies.append((token, status, body))
+        reply = once(to_client)
+        self._last_request_s = self.clock.monotonic_s()
+        try:
+            msg = decode(CLIENT_OPERATIONS, tag, args)
+        except CountError as exc:
+            reply(exc.status, str(exc))
+            return
+        self._run(self._client_handlers[type(msg)], msg, reply, tag)
+
+    def peer_request(self, token: Any, frame: bytes | memoryview) -> None:
+        """A peer's message of operations; answered with one result per operation, in order,
+        once all are done. A frame that is no message is dropped (the peer times out)."""
+        try:
+            _sender, message_id, ops = unpack_request(frame)
+        except WireError as exc:
+            self.rejected += 1
+            log.warning("Rejected a malformed message from a peer: %s", exc)
+            return
+        self._last_request_s = self.clock.monotonic_s()
+        results: list[Result | None] = [None] * len(ops)
+        remaining = [len(ops)]
+
+        def slot(i: int) -> Reply:
+            def put(status: int, body: Any) -> None:
+                results[i] = (status, body)
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    done = [r for r in results if r is not None]
+                    self._answers.append((token, pack_reply(message_id, done)))
+            return once(put)
+
+        if not ops:
+            self._answers.append((token, pack_reply(message_id, [])))
+        for i, (tag, args) in enumerate(ops):
+            try:
+                msg = decode(PEER_OPERATIONS, tag, args)
+            except CountError as exc:
+                slot(i)(exc.status, str(exc))
+                continue
+            self._run(self._peer_handlers[type(msg)], msg, slot(i), tag)
+
+    def peer_reply(self, peer: str, frame: bytes | memoryview) -> None:
+        """The reply to the message in flight to ``peer``."""
+        link = self.ctx.links.get(peer)
+        if link is not None:
+            link.receive(frame)
+
+    def gossip(self, frame: bytes | memoryview) -> None:
+        """A heartbeat from a peer (a malformed one is dropped)."""
+        beat = Heartbeat.unpack(frame)
+        if beat is None:
+            self.rejected += 1
+            return
+        self._on_events(self.ctx.membership.receive(beat, self.clock.monotonic_s()))
+
+    def tick(self) -> None:
+        """Run the timers that are due: heartbeat and failure detector, hand-off,
+        anti-entropy, storage upkeep."""
+        ctx = self.ctx
+        now = self.clock.monotonic_s()
+        if ctx.links and now >= self._next_heartbeat_s:
+            self._next_heartbeat_s = now + self.heartbeat_s
+            self._publish.append(self._heartbeat("normal").pack())
+            self._on_events(ctx.membership.tick(now))
+        try:
+            self.handoff.step(now)
+            self.anti_entropy.step(now)
+        except Exception:
+            survive(log, "Background cluster work failed; retrying next turn")
+        ctx.finish_turn()
+        idle = now - self._last_request_s >= IDLE_AFTER_S
+        self._more_work = ctx.replica.maintain(idle)
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def outgoing(self) -> list[tuple[str, bytes]]:
+        """The frames the links have to send now (a driver may take them before ``ready``,
+        so that replica writes leave before this node's own commit)."""
+        now = self.clock.monotonic_s()
+        sends = []
+        for peer, link in self.ctx.links.items():
+            if link.busy:
+                frame = link.poll(now)
+                if frame is not None:
+                    sends.append((peer, frame[1]))
+        return sends
+
+    def ready(self) -> Ready:
+        """Commit the turn's writes, then hand over everything the turn produced."""
+        self.ctx.finish_turn()
+        sends = self.outgoing()
+        replies, self._replies = self._replies, []
+        answers, self._answers = self._answers, []
+        publish, self._publish = self._publish, []
+        return Ready(replies, sends, answers, publish, self._wake_s(), self._more_work)
+
+    def _wake_s(self) -> float | None:
+        ctx = self.ctx
+        due = [d for link in ctx.links.values() if (d := link.next_deadline_s()) is not None]
+        if ctx.links:
+            due.append(self._next_heartbeat_s)
+        for wake in (self.handoff.next_wake_s(), self.anti_entropy.next_wake_s()):
+            if wake is not None:
+                due.append(wake)
+        storage_wake = ctx.replica.next_wakeup_s()
+        if storage_wake is not None:
+            due.append(self.clock.monotonic_s() + storage_wake)
+        return min(due) if due else None
+
+    def leave(self) -> bytes:
+        """The last heartbeat of a clean shutdown: peers mark this node down at once."""
+        return self._heartbeat("leaving").pack()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _heartbeat(self, state: str) -> Heartbeat:
+        self.seq += 1
+        return Heartbeat(self.ctx.config.node_id, self.ctx.self_address, self.generation,
+                         self.seq, state, self.digest, self.status.load())
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            (log.warning if event.kind in _WARN_EVENTS else log.info)("%s", describe(event))
+            if event.kind in ("unreachable", "leaving"):
+                link = self.ctx.links.get(event.address)
+                if link is not None:
+                    link.fail_all(f"node {self.ctx.name_of(event.address)} is down")
+            if event.kind in ("joining", "restarted", "back_online"):
+                self.ctx.learn_id(event.address, event.node_id)
+
+    def _serve_peer_op(self, msg: Message, reply: Reply) -> None:
+        self._run(self._peer_handlers[type(msg)], msg, reply, msg.TAG)
+
+    def _run(self, handler: Handler, msg: Message, reply: Reply, tag: str) -> None:
+        try:
+            handler(msg, reply)
+        except CountError as exc:
+            reply(exc.status, str(exc))
+        except Exception:
+            survive(log, "Query failed: %s", tag)
+            reply(500, "internal error; see the node's log")
