@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from count.cluster.catchup import RETRY_S, CatchUp
 from count.cluster.context import NodeContext
 from count.cluster.merkle import (
     BUCKET_MS,
@@ -47,8 +48,10 @@ DIGEST_POINTS_MAX = 1 << 31
 
 
 class AntiEntropy:
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: NodeContext, catchup: CatchUp) -> None:
         self.ctx = ctx
+        self.catchup = catchup
+        self._next_sync_s = ctx.now_s()
         self._cache: dict[str, tuple[int, dict[int, bytes]]] = {}
         self._names: list[str] = []
         self._name_ranges = np.empty(0, np.int64)
@@ -60,8 +63,6 @@ class AntiEntropy:
         self._waiting: list[Reply] = []
         self.rounds = 0
         self.last: dict[str, Any] = {}
-        # The peers the last round compared with to the end, without an error.
-        self.compared: list[str] = []
 
     # -- digests of this node's data ---------------------------------------------------
 
@@ -134,14 +135,21 @@ class AntiEntropy:
             self._start()
 
     def step(self, now_s: float) -> None:
-        interval = self.ctx.config.anti_entropy_interval_seconds
-        if self._round is None and interval > 0 and now_s >= self._next_s:
+        """Start a round when one is due: every interval, and while this node catches up."""
+        if self._round is None and any(due <= now_s for due in self._due()):
             self._start()
 
+    def _due(self) -> list[float]:
+        due = []
+        if self.ctx.config.anti_entropy_interval_seconds > 0:
+            due.append(self._next_s)
+        if self.catchup.syncing:
+            due.append(self._next_sync_s)
+        return due
+
     def next_wake_s(self) -> float | None:
-        if self._round is not None or self.ctx.config.anti_entropy_interval_seconds <= 0:
-            return None
-        return self._next_s
+        due = self._due()
+        return None if self._round is not None or not due else min(due)
 
     def _start(self) -> None:
         ctx = self.ctx
@@ -152,11 +160,13 @@ class AntiEntropy:
 
     def _finished(self, report: dict[str, Any]) -> None:
         assert self._round is not None
-        self.compared = self._round.compared
-        self._round = None
+        compared, self._round = self._round.compared, None
         self.rounds += 1
         self.last = report
-        self._next_s = self.ctx.now_s() + self.ctx.config.anti_entropy_interval_seconds
+        now = self.ctx.now_s()
+        self._next_s = now + self.ctx.config.anti_entropy_interval_seconds
+        self._next_sync_s = now + RETRY_S
+        self.catchup.round_finished(compared)
         if report["points_received"] or report["points_sent"] or report["errors"]:
             log.info("Anti-entropy round: %d peers, %d of %d ranges differed, %d points "
                      "received, %d sent, %d errors", len(report["peers"]),

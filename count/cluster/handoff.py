@@ -13,6 +13,7 @@ from typing import Any
 
 from count.cluster.context import NodeContext
 from count.cluster.hints import Hint
+from count.errors import CountError
 from count.messages import ReplicaWrite
 from count.storage.merge import Columns
 from count.storage.writes import WriteRequest, join, single_series
@@ -75,9 +76,14 @@ class HandOff:
             if status >= 300:
                 ctx.warn(target, f"Hinted handoff to node {ctx.name_of(target)} failed: {body}")
                 return
-            ctx.hints.delivered(target, sent)
-            if sliced is not None:
-                ctx.hints.advance(target, *sliced)
+            try:
+                ctx.hints.delivered(target, sent)
+                if sliced is not None:
+                    ctx.hints.advance(target, *sliced)
+            except CountError as exc:  # a full disk: they are sent again (harmless)
+                ctx.warn(target, f"Hinted handoff to node {ctx.name_of(target)}: could not "
+                                 f"record the delivery ({exc}); the hints will be sent again")
+                return
             ctx.counters["hinted_points_delivered"] += points
             log.info("Hinted handoff to node %s: %d points of %d series delivered",
                      ctx.name_of(target), points, len(sent) + (sliced is not None))

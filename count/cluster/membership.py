@@ -19,7 +19,8 @@ import msgpack
 from count.cluster.failure import PhiAccrualDetector
 
 HEARTBEAT_WIRE_VERSION = 1
-STATES = ("normal", "leaving")
+# "syncing": the member lost its data (or is new) and is catching up from its peers.
+STATES = ("normal", "syncing", "leaving")
 # Bounds on what a heartbeat off the network may hold.
 HEARTBEAT_BYTES_MAX = 64 * 1024
 WIRE_STRING_CHARS_MAX = 256
@@ -243,6 +244,11 @@ class Membership:
             return True
         peer = self._peers.get(address)
         return peer is not None and peer.latest is not None and peer.down_since_s is None
+
+    def state(self, address: str) -> str | None:
+        """The state the member's latest heartbeat gave (None: never heard, or self)."""
+        peer = self._peers.get(address)
+        return None if peer is None or peer.latest is None else peer.latest.state
 
     def alive_members(self) -> list[str]:
         """The alive members, self included, in configuration order."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from count.clock import Clock
 from count.cluster.antientropy import AntiEntropy
+from count.cluster.catchup import CatchUp
 from count.cluster.context import NodeContext
 from count.cluster.handoff import HandOff
 from count.cluster.hints import HintLog
@@ -101,9 +102,10 @@ class NodeCore:
         self.heartbeat_s = heartbeat_s
         placement = Placement(ctx)
         self.writes = Writes(ctx, placement)
-        self.reads = Reads(ctx, placement, membership.alive)
+        self.catchup = CatchUp(ctx)
+        self.reads = Reads(ctx, placement, self.catchup.counts_for_reads)
         self.handoff = HandOff(ctx)
-        self.anti_entropy = AntiEntropy(ctx)
+        self.anti_entropy = AntiEntropy(ctx, self.catchup)
         self.status = Status(ctx, placement, self.anti_entropy)
         self._client_handlers: dict[type[Message], Handler] = {
             Insert: self.writes.insert,
@@ -206,7 +208,8 @@ class NodeCore:
         now = self.clock.monotonic_s()
         if ctx.links and now >= self._next_heartbeat_s:
             self._next_heartbeat_s = now + self.heartbeat_s
-            self._publish.append(self._heartbeat("normal").pack())
+            state = "syncing" if self.catchup.syncing else "normal"
+            self._publish.append(self._heartbeat(state).pack())
             self._on_events(ctx.membership.tick(now))
         try:
             self.handoff.step(now)

@@ -20,25 +20,32 @@ Targets = tuple[tuple[str, str | None], ...]  # (node to send to, replica it sta
 Part = tuple[str, str | None, WriteRequest, list[int]]
 
 
+# Target tables kept, one per set of live members seen (liveness flaps between a few).
+GROUP_TABLES_MAX = 64
+
+
 class Placement:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self._groups_alive: tuple[str, ...] | None = None
-        self._groups: tuple[np.ndarray, list[Targets]] = (np.empty(0, np.int64), [])
+        self._tables: dict[tuple[str, ...], tuple[np.ndarray, list[Targets]]] = {}
 
     def _range_groups(self) -> tuple[np.ndarray, list[Targets]]:
         """For every ring range, the index of its target set in a list of distinct sets."""
         ctx = self.ctx
         alive = tuple(ctx.membership.alive_members())
-        if alive != self._groups_alive:
+        table = self._tables.get(alive)
+        if table is None:
+            live = set(alive)
             distinct: dict[Targets, int] = {}
             per_range = np.empty(ctx.ring.ranges(), np.int64)
             for r in range(ctx.ring.ranges()):
-                targets = tuple(sloppy_targets(ctx.ring.range_preference(r), ctx.rf, ctx.alive))
+                targets = tuple(sloppy_targets(ctx.ring.range_preference(r), ctx.rf,
+                                               live.__contains__))
                 per_range[r] = distinct.setdefault(targets, len(distinct))
-            self._groups = (per_range, list(distinct))
-            self._groups_alive = alive
-        return self._groups
+            if len(self._tables) >= GROUP_TABLES_MAX:
+                self._tables.clear()
+            table = self._tables[alive] = (per_range, list(distinct))
+        return table
 
     def place(self, write: WriteRequest) -> tuple[list[Part], list[int]]:
         """Where each part of a write goes, and the size of each replica group (a distinct
@@ -57,8 +64,11 @@ class Placement:
         for g, targets in enumerate(groups):
             for dest in targets:
                 by_dest.setdefault(dest, []).append(g)
-        parts = [(node, hint, write.subset(np.isin(name_group, member_of)), member_of)
-                 for (node, hint), member_of in by_dest.items()]
+        parts = []
+        for (node, hint), member_of in by_dest.items():
+            chosen = np.zeros(len(groups), bool)
+            chosen[member_of] = True
+            parts.append((node, hint, write.subset(chosen[name_group]), member_of))
         return parts, sizes
 
     def replicas(self, series: str) -> list[str]:

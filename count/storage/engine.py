@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
@@ -45,6 +45,8 @@ from count.storage.writes import WriteRequest
 from count.storage.wal import WriteAheadLog, decode_points, encode_points
 
 log = logging.getLogger("count.storage")
+
+T = TypeVar("T")
 
 # Compaction starts once this many segments wait, or when the node is idle. Each flush
 # segment holds MEMORY_BUFFER_SIZE points: with the default that is 1.28 M points, so a
@@ -86,7 +88,6 @@ class Storage:
         self.lmdb = Environment(path, map_size_bytes)
         self.env = self.lmdb.env
         self.db = self.lmdb.db
-        self.transact = self.lmdb.transact
         self.buffer = MemoryBuffer(buffer_points, monotonic)
         self.compaction: Compaction | None = None
         self.block_cache = BlockCache()
@@ -130,6 +131,10 @@ class Storage:
             "Storage opened at %s: %d series, %d segments, %d points replayed from the WAL",
             self.path, len(self._sids), len(self._segment_keys), replayed,
         )
+
+    def transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``body`` in one durable write transaction (``Environment.transact``)."""
+        return self.lmdb.transact(body)
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The deterministic simulation of a Count cluster (``python -m count.sim``)."""

@@ -1,0 +1,118 @@
+"""One simulated run: a cluster, a workload, a fault schedule, the heal, and the verdict.
+
+The workload runs for the whole run; faults happen in its first three quarters and all end
+at the heal; after the workload every node runs anti-entropy (as ``POST /cluster/repair``)
+until a pass finds nothing to repair, then every node reads every series back. ``summary``
+is the line ``python -m count.sim`` prints: the same seed gives the same line.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from count.failsafe import set_strict, strict
+from count.messages import Repair
+from count.sim import faults as fault_kinds
+from count.sim.checker import Verdict, judge
+from count.sim.workload import Read, Workload
+from count.sim.world import World
+
+HEAL_AT = 0.75
+OPS_PER_S = 20.0
+RF = 3
+# After the workload: at most this many anti-entropy passes over every node.
+SETTLE_PASSES_MAX = 8
+STEP_S = 0.5
+
+
+@dataclass
+class Outcome:
+    seed: int
+    ops: int
+    verdict: Verdict
+    faults: list[fault_kinds.Fault]
+    digest: str
+    simulated_s: float
+
+    def summary(self) -> str:
+        c = self.verdict.counts
+        return (f"seed={self.seed} ops={self.ops} acked={c['acked']} lost={c['lost']} "
+                f"maybe={c['maybe']} phantom={c['phantom']} divergent={c['divergent']} "
+                f"stale_reads={c['stale_reads']} errors={c['errors']} hints={c['hints']} "
+                f"faults={len(self.faults)} digest={self.digest}")
+
+    @property
+    def ok(self) -> bool:
+        return not self.verdict.failed()
+
+
+def _wait(world: World, done: list[Any], limit_s: float) -> None:
+    deadline = world.now_s + limit_s
+    while not done and world.now_s < deadline:
+        world.run_until(world.now_s + STEP_S)
+
+
+def settle(world: World) -> None:
+    """Run anti-entropy on every node until a whole pass repairs nothing."""
+    for _ in range(SETTLE_PASSES_MAX):
+        clean = True
+        for node in world.nodes.values():
+            got: list[Any] = []
+            node.request(-node.index, Repair(), lambda status, body: got.append((status, body)))
+            _wait(world, got, 120.0)
+            status, report = got[0] if got else (0, "no answer")
+            if status != 200 or report["errors"] or report["ranges_differing"]:
+                clean = False
+        world.run_until(world.now_s + 2.0)  # hand-off of what is left
+        hints = sum(sum(n.core.ctx.hints.pending().values())
+                    for n in world.nodes.values() if n.core is not None)
+        if clean and not hints:
+            return
+
+
+def final_reads(world: World, workload: Workload) -> list[Read]:
+    reads = []
+    for node in world.nodes.values():
+        for series in workload.series:
+            read = workload.send_read(node.index, "one", series)
+            workload.reads.pop()  # judged as final reads, not as part of the history
+            _wait_read(world, read)
+            reads.append(read)
+    return reads
+
+
+def _wait_read(world: World, read: Read) -> None:
+    deadline = world.now_s + 10.0
+    while read.done_s is None and world.now_s < deadline:
+        world.run_until(world.now_s + 0.05)
+
+
+def simulate(seed: int, nodes: int = 5, seconds: float = 60.0,
+             kinds: tuple[str, ...] = fault_kinds.KINDS, rf: int = RF,
+             env: dict[str, str] | None = None) -> Outcome:
+    """Run one seed; raises what a node raised (the simulation runs in strict mode)."""
+    was_strict = strict()
+    set_strict(True)
+    rng = random.Random(seed)
+    world = World(seed, nodes, min(rf, nodes), env)
+    try:
+        world.start()
+        heal_s = seconds * HEAL_AT
+        faults = fault_kinds.schedule(random.Random(f"{seed}/faults"), kinds, nodes, heal_s)
+        fault_kinds.inject(world, faults)
+        world.at(heal_s, lambda: fault_kinds.heal(world))
+        workload = Workload(world, random.Random(f"{seed}/workload"))
+        workload.schedule(1.0, seconds, OPS_PER_S * rng.uniform(0.5, 1.5))
+        world.run_until(seconds)
+        world.run_until(seconds + 6.0)  # the last answers, heartbeats after the heal
+        settle(world)
+        reads = final_reads(world, workload)
+        wiped = [f.start_s for f in faults if f.kind == "wipe"]
+        verdict = judge(world, workload, reads, wiped)
+        return Outcome(seed, len(workload.writes) + len(workload.reads), verdict, faults,
+                       world.digest(), world.now_s)
+    finally:
+        world.close()
+        set_strict(was_strict)
