@@ -98,9 +98,9 @@ class NodeLoop:
             for identity, frame in self.peer_server.drain():
                 core.peer_request(identity, frame)
         for peer, sock in self.sockets.items():
-            frame = sock.receive()
-            if frame is not None:
-                core.peer_reply(peer, frame)
+            reply = sock.receive()
+            if reply is not None:
+                core.peer_reply(peer, reply)
         if self.gossip is not None:
             for frame in self.gossip.receive():
                 core.gossip(frame)

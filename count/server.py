@@ -85,7 +85,7 @@ class Supervisor:
                     return 1
 
     def _terminate(self, child: BaseProcess | None, timeout_s: float) -> None:
-        if child is None or not child.is_alive():
+        if child is None or child.pid is None or not child.is_alive():
             return
         os.kill(child.pid, signal.SIGTERM)
         child.join(timeout_s)

@@ -165,7 +165,7 @@ class NodeProcess(bn.ManagedProcess):
             self.popen = subprocess.Popen(
                 list(argv), env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent if in_main_thread else None)  # noqa: PLW1509
+                preexec_fn=_die_with_parent if in_main_thread else None)
 
 
 class Workspace(bn.Workspace):
@@ -565,7 +565,7 @@ def run_wrk(wrk_path: str, port: int, connections: int, duration_s: int,
     # The thread that starts wrk waits for it, so wrk dies with this script (PDEATHSIG).
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent)  # noqa: PLW1509
+                            preexec_fn=_die_with_parent)
     with _WRK_LOCK:
         _WRK_PROCS.add(proc)
     try:
@@ -590,7 +590,7 @@ def wrk_everywhere(wrk_path: str, ports: Sequence[int], duration_s: int,
     def one(i: int) -> None:
         try:
             results[i] = run_wrk(wrk_path, ports[i], split[i], duration_s, f"{tag}n{i + 1}")
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:
             results[i] = exc
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(ports))]

@@ -30,18 +30,18 @@ class NodeClient:
         self.timeout_ms = timeout_ms
         self._local = threading.local()
         self._ids = itertools.count(1)
-        self._context: zmq.Context | None = None
+        self._context: zmq.Context[Any] | None = None
         self._context_pid = 0
         self._lock = threading.Lock()
 
-    def _ctx(self) -> zmq.Context:
+    def _ctx(self) -> zmq.Context[Any]:
         with self._lock:
             if self._context is None or self._context_pid != os.getpid():
                 self._context = zmq.Context()
                 self._context_pid = os.getpid()
             return self._context
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> zmq.Socket[bytes]:
         sock = getattr(self._local, "sock", None)
         if sock is None or getattr(self._local, "pid", 0) != os.getpid():
             sock = self._ctx().socket(zmq.DEALER)
@@ -50,7 +50,7 @@ class NodeClient:
             sock.connect(self.endpoint)
             self._local.sock = sock
             self._local.pid = os.getpid()
-        return sock
+        return sock  # type: ignore[no-any-return]  # thread-local attributes are untyped
 
     def _reset(self) -> None:
         sock = getattr(self._local, "sock", None)
@@ -78,7 +78,7 @@ class NodeClient:
                     f"the node process did not answer within {budget_ms} ms "
                     "(it is down or overloaded); retry later")
             try:
-                reply = unpack_reply(sock.recv(copy=False).buffer)
+                reply = unpack_reply(sock.recv(copy=False).bytes)
             except ProtocolError as exc:
                 self._reset()
                 raise Unavailable(f"bad reply from the node process: {exc}") from None

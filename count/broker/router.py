@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
+
 import zmq
 
 from count.broker.protocol import ProtocolError, Request, pack_reply, unpack_request
@@ -23,7 +25,7 @@ RECEIVE_HWM_MESSAGES = 4096
 
 
 class Router:
-    def __init__(self, context: zmq.Context, endpoint: str, message_bytes_max: int) -> None:
+    def __init__(self, context: zmq.Context[Any], endpoint: str, message_bytes_max: int) -> None:
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM_MESSAGES)

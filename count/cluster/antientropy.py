@@ -25,7 +25,7 @@ from count.cluster.merkle import (
     differing,
     newer_points,
 )
-from count.errors import BadRequest, CountError
+from count.errors import BadRequest
 from count.failsafe import survive
 from count.messages import (
     BUCKETS_PER_MESSAGE_MAX,

@@ -6,7 +6,9 @@ wiped; it cannot tell. Until anti-entropy has compared it, without an error, wit
 replica peer, its empty or partial view must not count towards a read's consistency level,
 or a read at one could answer with none of the points every replica acknowledged (and a
 quorum read with fewer than an earlier one). Writes go to it as usual. Its heartbeat says
-"syncing", so that other coordinators do not count it either. A store is caught up once
+"syncing", so that other coordinators do not count it either. A brand-new cluster has
+nothing to catch up on: when the first heartbeat heard from every replica peer says it
+holds no points, the node is caught up at once. A store is caught up once
 it holds the record saying so, written only after those comparisons: a crash in between,
 or a store from before this record existed, catches up (again) at its next start. The
 comparison runs whatever ANTI_ENTROPY_INTERVAL_SECONDS is: it is part of starting, as
@@ -34,6 +36,8 @@ class CatchUp:
                       and ctx.ring.shared_ranges(ctx.self_address, m, ctx.rf)]
         self.syncing = bool(self.peers) and ctx.replica.storage.meta_get(RECORD) is None
         self.compared: set[str] = set()
+        self._empty: set[str] = set()  # peers whose first heartbeat said they hold nothing
+        self._heard: set[str] = set()
         if self.syncing:
             log.info("Node %s catching up: its store is new (or wiped), so it answers no read as a "
                      "replica until it has compared with its %d replica peers",
@@ -44,6 +48,18 @@ class CatchUp:
         if address == self.ctx.self_address:
             return not self.syncing
         return self.ctx.alive(address) and self.ctx.membership.state(address) != "syncing"
+
+    def heard(self, address: str, points: int) -> None:
+        """A peer's heartbeat: the first one heard from each peer says whether it has data
+        (one that had none when this node was already listening has none it could lack)."""
+        if not self.syncing or address in self._heard or address not in self.peers:
+            return
+        self._heard.add(address)
+        if points == 0:
+            self._empty.add(address)
+        if len(self._empty) == len(self.peers):
+            self.compared.update(self._empty)
+            self._check()
 
     def round_finished(self, compared: list[str]) -> None:
         """An anti-entropy round compared with these peers to the end, without an error."""

@@ -63,12 +63,13 @@ class PhiAccrualDetector:
                 self._intervals_s.append(interval_s)
         self.last_heartbeat_s = now_s
 
-    def shift(self, seconds: float) -> None:
-        """Take ``seconds`` off the silence so far: time this node itself was stalled, during
-        which it could not have read a heartbeat, is not the peer's silence."""
+    def shift(self, seconds: float, now_s: float) -> None:
+        """Take up to ``seconds`` off the silence so far (never past ``now_s``): time this
+        node itself was stalled, when it could not read a heartbeat, is not the peer's
+        silence."""
         assert seconds >= 0, seconds
         if self.last_heartbeat_s is not None:
-            self.last_heartbeat_s += seconds
+            self.last_heartbeat_s = min(self.last_heartbeat_s + seconds, now_s)
 
     def phi(self, now_s: float) -> float:
         """Suspicion that the peer is down; 0.0 before its first heartbeat (nothing to judge)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import zmq
 
@@ -17,7 +18,7 @@ LEAVING_LINGER_MS = 500
 
 
 class Gossip:
-    def __init__(self, context: zmq.Context, bind_endpoint: str, peer_endpoints: list[str]) -> None:
+    def __init__(self, context: zmq.Context[Any], bind_endpoint: str, peer_endpoints: list[str]) -> None:
         self.pub = configure(context.socket(zmq.PUB))
         self.pub.setsockopt(zmq.SNDHWM, 16)
         self.pub.bind(bind_endpoint)

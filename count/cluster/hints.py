@@ -15,7 +15,8 @@ from collections.abc import Iterable
 import msgpack
 import numpy as np
 
-from count.storage.engine import Storage, WriteRequest
+from count.storage.engine import Storage
+from count.storage.writes import WriteRequest
 
 
 @dataclasses.dataclass

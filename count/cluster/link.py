@@ -18,8 +18,8 @@ import logging
 from collections import deque
 from typing import Any
 
-from count.failsafe import survive
 from count.cluster.wire import OPS_PER_MESSAGE_MAX, WireError, pack_request, unpack_reply
+from count.failsafe import survive
 from count.messages import Message, ReplicaWrite, Reply
 
 log = logging.getLogger("count.cluster")

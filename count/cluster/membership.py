@@ -12,7 +12,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -54,11 +54,11 @@ class Heartbeat:
     address: str
     generation: int  # the sender's start time in ms: a larger one means it restarted
     seq: int  # one more per heartbeat within a generation
-    state: str  # "normal", or "leaving" once on a clean shutdown
+    state: str  # "normal", "syncing" while catching up, or "leaving" on a clean shutdown
     members_digest: str
-    load: dict  # {"points": int, "bytes": int, "hints": {target address: hints held}}
+    load: dict[str, Any]  # {"points": int, "bytes": int, "hints": {target address: hints held}}
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         """A msgpack-friendly list, led by the wire version."""
         return [HEARTBEAT_WIRE_VERSION, self.node_id, self.address, self.generation, self.seq,
                 self.state, self.members_digest, self.load.get("points", 0),
@@ -141,10 +141,10 @@ class MemberView:
     address: str
     node_id: int | str | None
     alive: bool
-    state: str  # "normal" | "leaving" | "unknown" (no heartbeat yet)
+    state: str  # "normal" | "syncing" | "leaving" | "unknown" (no heartbeat yet)
     heartbeat_age_s: float | None
     generation: int | None
-    load: dict
+    load: dict[str, Any]
     is_self: bool
 
 
@@ -228,7 +228,7 @@ class Membership:
         if last is not None and now_s - last > self._local_pause_s:
             stalled_s = now_s - last - self._interval_s
             for peer in self._peers.values():
-                peer.detector.shift(stalled_s)
+                peer.detector.shift(stalled_s, now_s)
             return [Event("local_pause", "", None, f"{stalled_s:.1f} s")]
         self._grace_over = self._grace_over or now_s - self._first_tick_s >= self._grace_s
         events = []

@@ -19,7 +19,7 @@ from count.storage.merge import Columns
 BUCKET_MS = 3_600_000
 DIGEST_BYTES = 16
 
-K = TypeVar("K")
+K = TypeVar("K", int, str)
 
 
 def bucket_digests(cols: Columns, bucket_ms: int = BUCKET_MS) -> dict[int, bytes]:
@@ -39,7 +39,7 @@ def bucket_digests(cols: Columns, bucket_ms: int = BUCKET_MS) -> dict[int, bytes
     starts_ms = np.asarray(cols.ts, dtype=np.int64) // bucket_ms * bucket_ms
     edges = np.concatenate(([0], np.flatnonzero(starts_ms[1:] != starts_ms[:-1]) + 1,
                             [len(cols)]))
-    return {int(starts_ms[lo]): hashlib.blake2b(rows[lo:hi], digest_size=DIGEST_BYTES).digest()
+    return {int(starts_ms[lo]): hashlib.blake2b(rows[lo:hi].data, digest_size=DIGEST_BYTES).digest()
             for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)}
 
 

@@ -106,7 +106,7 @@ class NodeCore:
         self.reads = Reads(ctx, placement, self.catchup.counts_for_reads)
         self.handoff = HandOff(ctx)
         self.anti_entropy = AntiEntropy(ctx, self.catchup)
-        self.status = Status(ctx, placement, self.anti_entropy)
+        self.status = Status(ctx, placement, self.anti_entropy, self.catchup)
         self._client_handlers: dict[type[Message], Handler] = {
             Insert: self.writes.insert,
             ReadRange: self.reads.read_range,
@@ -200,6 +200,7 @@ class NodeCore:
             self.rejected += 1
             return
         self._on_events(self.ctx.membership.receive(beat, self.clock.monotonic_s()))
+        self.catchup.heard(beat.address, beat.load.get("points", 0))
 
     def tick(self) -> None:
         """Run the timers that are due: heartbeat and failure detector, hand-off,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import zmq
 
@@ -15,7 +16,7 @@ MESSAGES_PER_TURN_MAX = 64
 
 
 class PeerServer:
-    def __init__(self, context: zmq.Context, endpoint: str, message_bytes_max: int) -> None:
+    def __init__(self, context: zmq.Context[Any], endpoint: str, message_bytes_max: int) -> None:
         self.sock = configure(context.socket(zmq.ROUTER))
         self.sock.setsockopt(zmq.MAXMSGSIZE, message_bytes_max)
         self.sock.bind(endpoint)

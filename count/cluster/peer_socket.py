@@ -8,6 +8,7 @@ on a fresh socket, so a late reply to an abandoned message can never arrive on i
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import zmq
 
@@ -17,10 +18,10 @@ log = logging.getLogger("count.cluster")
 
 
 class PeerSocket:
-    def __init__(self, context: zmq.Context, endpoint: str) -> None:
+    def __init__(self, context: zmq.Context[Any], endpoint: str) -> None:
         self.context = context
         self.endpoint = endpoint
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket[bytes] | None = None
         self.awaiting = False  # a request was sent and its reply not yet read
 
     def send(self, frame: bytes) -> None:

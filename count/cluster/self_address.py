@@ -11,7 +11,7 @@ from count.config import Config, ConfigError, HostPort, parse_host_port
 
 def _resolve(host: str) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host.strip("[]"), None)}
     except OSError:
         return set()  # a peer's name that does not resolve yet is not this node
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from count.cluster.antientropy import AntiEntropy
+from count.cluster.catchup import CatchUp
 from count.cluster.context import NodeContext
 from count.cluster.placement import Placement
 from count.messages import ClusterStatus, Endpoints, Health, Reply, Stats
 
 
 class Status:
-    def __init__(self, ctx: NodeContext, placement: Placement, anti_entropy: AntiEntropy) -> None:
+    def __init__(self, ctx: NodeContext, placement: Placement, anti_entropy: AntiEntropy,
+                 catchup: CatchUp) -> None:
         self.ctx = ctx
+        self.catchup = catchup
         self.placement = placement
         self.anti_entropy = anti_entropy
 
@@ -45,8 +48,11 @@ class Status:
         own = self.load()
         for view in ctx.membership.view(ctx.now_s()):
             load = own if view.is_self else view.load
+            state = view.state
+            if view.is_self and self.catchup.syncing:
+                state = "syncing"
             members.append({
-                "node_id": view.node_id, "address": view.address, "state": view.state,
+                "node_id": view.node_id, "address": view.address, "state": state,
                 "alive": view.alive, "self": view.is_self,
                 "heartbeat_age_s": None if view.heartbeat_age_s is None
                 else round(view.heartbeat_age_s, 3),

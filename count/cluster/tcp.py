@@ -17,7 +17,7 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-def configure(sock: zmq.Socket) -> zmq.Socket:
+def configure(sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)

@@ -10,7 +10,7 @@ from count.errors import CountError
 from count.http import errors, resources
 
 
-def create_app(config: Config, client: NodeClient) -> falcon.App:
+def create_app(config: Config, client: NodeClient) -> falcon.App[falcon.Request, falcon.Response]:
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(Exception, errors.handle_unexpected)

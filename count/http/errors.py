@@ -14,7 +14,7 @@ log = logging.getLogger("count.http")
 
 
 def _status_line(code: int) -> str:
-    return falcon.code_to_http_status(code)
+    return str(falcon.code_to_http_status(code))
 
 
 def handle_count_error(req: falcon.Request, resp: falcon.Response, exc: CountError,

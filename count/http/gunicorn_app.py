@@ -19,7 +19,7 @@ _GUNICORN_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNIN
                     logging.ERROR: "error"}
 
 
-class HttpServer(BaseApplication):
+class HttpServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     def __init__(self, config: Config, endpoint: str) -> None:
         self.config = config
         self.endpoint = endpoint

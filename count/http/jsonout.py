@@ -30,7 +30,7 @@ def _table(texts: list[str]) -> np.ndarray:
 
 
 def _word(text: str) -> np.uint32:
-    return _table([text])[0]
+    return np.uint32(_table([text])[0])
 
 
 # Four digits per word: zero-padded (inner groups), space-padded (the leading group), and

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from operator import itemgetter
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -161,7 +161,7 @@ def _columns(series: str | list[Any], stamps: list[Any], values: list[Any],
         low, high = int(ts.min()), int(ts.max())
     if low < 0 or high > TIMESTAMP_MAX_MS:
         slow()
-    names = [series] if one_series else list(dict.fromkeys(series))
+    names: list[str] = [series] if isinstance(series, str) else list(dict.fromkeys(series))
     unchecked = [name for name in names if name not in _CHECKED_NAMES]
     for name in unchecked:
         # the pattern admits ASCII only, so characters are bytes

@@ -8,13 +8,14 @@ import falcon
 import numpy as np
 import orjson
 
+from count import messages as op
 from count.broker.client import NodeClient
 from count.config import Config
 from count.errors import BadRequest, PayloadTooLarge
 from count.http.jsonout import render_objects, render_points
 from count.http.points import check_series_name, parse_points
-from count import messages as op
 from count.storage.writes import TIMESTAMP_MAX_MS
+
 _INTEGER_RE = re.compile(r"-?[0-9]{1,20}")
 
 

@@ -11,6 +11,7 @@ import argparse
 import multiprocessing
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 
 from count.sim.faults import parse_kinds
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     simulated = 0.0
     run = partial(_run, nodes=args.nodes, seconds=args.seconds, kinds=kinds)
     seeds = range(args.seed, args.seed + args.seeds)
+    outcomes: Iterator[Outcome]
     if args.jobs > 1:
         pool = multiprocessing.get_context("fork").Pool(args.jobs)
         outcomes = pool.imap(run, seeds)

@@ -59,10 +59,13 @@ def settle(world: World) -> None:
     for _ in range(SETTLE_PASSES_MAX):
         clean = True
         for node in world.nodes.values():
-            got: list[Any] = []
-            node.request(-node.index, Repair(), lambda status, body: got.append((status, body)))
+            got: list[tuple[int, Any]] = []
+
+            def answered(status: int, body: Any, got: list[tuple[int, Any]] = got) -> None:
+                got.append((status, body))
+            node.request(-node.index, Repair(), answered)
             _wait(world, got, 120.0)
-            status, report = got[0] if got else (0, "no answer")
+            status, report = got[0] if got else (0, {})
             if status != 200 or report["errors"] or report["ranges_differing"]:
                 clean = False
         world.run_until(world.now_s + 2.0)  # hand-off of what is left

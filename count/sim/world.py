@@ -163,9 +163,12 @@ class SimNode:
         if self.state != "paused":
             return
         self.state = "up"
-        self.world.trace("resume", self.index)
-        # The timers run first; what queued meanwhile is read a moment later.
-        self._turn(timers_only=True)
+        # The loop's first turn after a stall either runs its timers before it reads what
+        # queued meanwhile (the sockets' kernel buffers have not reached ZeroMQ yet) or reads
+        # it all first: both happen to a real node, so the seed picks.
+        timers_first = self.world.rng.random() < 0.5
+        self.world.trace("resume", self.index, timers_first)
+        self._turn(timers_only=timers_first)
         self.wake(self.world.now_s + RESUME_READ_DELAY_S)
 
     def deliver(self, item: Callable[[NodeCore], None]) -> None:
@@ -324,6 +327,7 @@ class World:
         base = root or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.root = tempfile.mkdtemp(prefix="count-sim-", dir=base)
         self.network = Network(self)
+        self.rng = random.Random(f"{seed}/world")  # choices of the world that are not faults
         addresses = [f"node{i}:8080" for i in range(1, nodes + 1)]
         self.nodes: dict[int, SimNode] = {}
         for i in range(1, nodes + 1):

@@ -16,7 +16,7 @@ def aggregate(values: np.ndarray, how: str) -> float | int | None:
     if how not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {how!r}")
     if how == "count":
-        return int(len(values))
+        return len(values)
     if how == "sum":
         return float(values.sum()) if len(values) else 0.0
     if not len(values):

@@ -29,7 +29,7 @@ class Block(NamedTuple):
     data: bytes
     min_ts: int
     max_ts: int
-    count: int
+    count: int  # type: ignore[assignment]  # the name of the field, not tuple.count
 
 
 def _encode(cols: Columns, lo: int, hi: int) -> bytes:

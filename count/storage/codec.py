@@ -69,7 +69,7 @@ from typing import NamedTuple
 import numpy as np
 import zstandard
 
-__all__ = ["BlockHeader", "FORMAT_VERSION", "block_header", "decode_block", "encode_block"]
+__all__ = ["FORMAT_VERSION", "BlockHeader", "block_header", "decode_block", "encode_block"]
 
 FORMAT_VERSION = 1
 MAX_POINTS = 2**32 - 1
@@ -116,7 +116,7 @@ _I64 = np.dtype("<i8")
 class BlockHeader(NamedTuple):
     """What a block covers: its number of points and first/last timestamp (Unix ms)."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # the name of the field, not tuple.count
     min_ts: int
     max_ts: int
 
@@ -258,7 +258,7 @@ def _read_header(reader: _Reader, block_size: int) -> BlockHeader:
 class _Reader:
     """Bounds-checked sequential reader over a byte view; overruns raise ValueError."""
 
-    __slots__ = ("mv", "pos", "end")
+    __slots__ = ("end", "mv", "pos")
 
     def __init__(self, mv: memoryview, pos: int, end: int) -> None:
         self.mv, self.pos, self.end = mv, pos, end
@@ -380,7 +380,8 @@ def _ints_to_values(ints: np.ndarray, scale: int) -> np.ndarray:
     """The exact inverse used on decode (and checked on encode): float64(int) / 10**scale."""
     if scale == 0:
         return ints.astype(np.float64)
-    return np.divide(ints, 10.0**scale, out=np.empty(len(ints), dtype=np.float64))
+    out: np.ndarray = np.divide(ints, 10.0**scale, out=np.empty(len(ints), dtype=np.float64))
+    return out
 
 
 def _max_exceptions(count: int) -> int:
@@ -595,6 +596,7 @@ def _centred_code(ints: np.ndarray, median: int) -> tuple[int, np.ndarray, list[
             best = (bits, center, zigzag, widths, truncated)
         if widths == [0] or widths[0] >= _NARROW_STREAM_BITS or center == _MAX_I64:
             break  # constant, or so wide that shifting by one cannot matter
+    assert best is not None
     _, center, zigzag, widths, truncated = best
     return center, zigzag, widths, truncated
 
@@ -754,7 +756,8 @@ def _bucket_decode(reader: _Reader, count: int, widths: list[int], unary_bits: i
 def _unary_ones_runs(data: memoryview, bit_count: int) -> tuple[np.ndarray, int]:
     """(number of ones before each zero, number of ones after the last zero) of a bit stream."""
     inverted = np.invert(np.frombuffer(data, dtype=np.uint8))
-    is_zero = np.unpackbits(inverted, count=bit_count, bitorder="little").view(np.bool_)  # nonzero is 10x faster on bool
+    # nonzero is 10x faster on bool
+    is_zero = np.unpackbits(inverted, count=bit_count, bitorder="little").view(np.bool_)
     zeros = np.nonzero(is_zero)[0]
     runs = _scratch.array("bucket", len(zeros), _I64)
     if len(zeros):
@@ -868,7 +871,8 @@ def _zstd_compress(data: bytes) -> bytes:
     compressor = getattr(_zstd_local, "compressor", None)
     if compressor is None:
         params = zstandard.ZstdCompressionParameters.from_level(
-            _ZSTD_LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0, write_dict_id=0
+            _ZSTD_LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0,
+            write_dict_id=0
         )
         compressor = _zstd_local.compressor = zstandard.ZstdCompressor(compression_params=params)
     return compressor.compress(data)

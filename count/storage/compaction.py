@@ -91,6 +91,12 @@ class Compaction:
         self.lmdb.transact(body)
 
 
+def _present(data: bytes | memoryview | None) -> bytes | memoryview:
+    """A record the index says exists (its absence is a corrupt database)."""
+    assert data is not None, "the block index names a block that is not stored"
+    return data
+
+
 def _decode(data: bytes | memoryview) -> Columns:
     return Columns(*decode_block(data))
 
@@ -119,8 +125,8 @@ def fold_series(
                 if min_ts > hi:
                     break
                 replaced.append((bytes(key), seq))
-    parts = [_decode(txn.get(keys.seq_key(seq), db=db["blocks"])) for _, seq in replaced]
-    if include_tail:
+    parts = [_decode(_present(txn.get(keys.seq_key(seq), db=db["blocks"]))) for _, seq in replaced]
+    if tail is not None and include_tail:
         parts.append(tail)
     parts.append(new)
     merged = merge_sorted(parts)
@@ -130,7 +136,7 @@ def fold_series(
         cur = txn.cursor(db["bindex"])
         later = cur.set_range(keys.index_key(sid, int(merged.ts[-1]) + 1))
         to_tail = not (later and cur.key()[:4] == prefix)
-    hint = len(tail_data) / len(tail) if tail is not None else None
+    hint = len(tail_data) / len(tail) if tail is not None and tail_data is not None else None
     full, rest, rest_data = cut_blocks(merged, hint)
     if not to_tail and len(rest):
         full.append(Block(rest_data, int(rest.ts[0]), int(rest.ts[-1]), len(rest)))

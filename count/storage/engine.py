@@ -41,8 +41,8 @@ from count.storage.compaction import Compaction
 from count.storage.environment import DATABASES, Environment
 from count.storage.merge import EMPTY, Columns, merge_sorted
 from count.storage.segments import Segment, build_pack, build_segment
-from count.storage.writes import WriteRequest
 from count.storage.wal import WriteAheadLog, decode_points, encode_points
+from count.storage.writes import WriteRequest
 
 log = logging.getLogger("count.storage")
 
@@ -123,8 +123,8 @@ class Storage:
         self.wal = WriteAheadLog(self.path, (keys.unpack_u64(flushed) if flushed else 0) + 1)
         replayed = 0
         for payload in self.wal.replay():
-            sid, ts, val, ver = decode_points(payload)
-            self.buffer.append(sid, ts, val, ver)
+            sids, ts, val, ver = decode_points(payload)
+            self.buffer.append(sids, ts, val, ver)
             self.version_high = max(self.version_high, int(ver.max()))
             replayed += len(ts)
         log.info(
@@ -282,7 +282,9 @@ class Storage:
         """A full block, decoded, from the cache when it is there."""
         cols = self.block_cache.get(seq)
         if cols is None:
-            cols = Columns(*decode_block(txn.get(keys.seq_key(seq), db=self.db["blocks"])))
+            data = txn.get(keys.seq_key(seq), db=self.db["blocks"])
+            assert data is not None, "the block index names a block that is not stored"
+            cols = Columns(*decode_block(data))
             self.block_cache.put(seq, cols)
         return cols
 

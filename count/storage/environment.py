@@ -52,7 +52,8 @@ class Environment:
 
     def begin(self, buffers: bool = False) -> lmdb.Transaction:
         """A read-only transaction (``buffers``: values as memoryviews valid inside it)."""
-        return self.env.begin(buffers=buffers)
+        txn: lmdb.Transaction = self.env.begin(buffers=buffers)  # type: ignore[call-overload]
+        return txn
 
     def transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``body`` in one write transaction and commit it durably.

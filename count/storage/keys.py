@@ -19,11 +19,11 @@ def seq_key(seq: int) -> bytes:
 
 
 def unpack_u32(buf: bytes | memoryview) -> int:
-    return _U32.unpack(buf)[0]
+    return int(_U32.unpack(buf)[0])
 
 
 def unpack_u64(buf: bytes | memoryview) -> int:
-    return _U64.unpack(buf)[0]
+    return int(_U64.unpack(buf)[0])
 
 
 def index_key(sid: int, max_ts: int) -> bytes:

@@ -115,10 +115,10 @@ class Segment:
         j = int(np.searchsorted(self.sids, last_sid, "right"))
         if self.format == FLUSH_FORMAT:
             lo, hi = int(self.offsets[i]), int(self.offsets[j])
-            counts = np.diff(self.offsets[i:j + 1].astype(np.int64))
+            counts: np.ndarray = np.diff(self.offsets[i:j + 1].astype(np.int64))
             cols = Columns(self.ts[lo:hi].copy(), self.val[lo:hi].copy(), self.ver[lo:hi].copy())
         else:
             parts = [self._decoded(k) for k in range(i, j)]
             counts = np.array([len(p) for p in parts], np.int64)
             cols = concat(parts)
-        return np.repeat(self.sids[i:j], counts), cols
+        return np.repeat(self.sids[i:j], counts.astype(np.int64)), cols

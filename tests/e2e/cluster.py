@@ -201,16 +201,26 @@ class Cluster:
                         f"\n{self.nodes[i].log_tail()}")
 
     def wait_converged(self, timeout: float = CLUSTER_TIMEOUT_S) -> None:
-        """Wait until every running node sees exactly the running nodes alive."""
+        """Wait until every running node sees exactly the running nodes alive, none of them
+        still catching up (state "syncing")."""
         deadline = time.monotonic() + timeout
         want = set(self.live_ids())
         for i in sorted(want):
             try:
                 self.wait_sees(i, want, max(0.5, deadline - time.monotonic()))
+                self.wait_until(lambda i=i: not self.syncing_seen(i),
+                                f"node {i} sees no member catching up",
+                                max(0.5, deadline - time.monotonic()))
             except NodeError as exc:
                 tails = "\n".join(f"--- node {j} ---\n{self.nodes[j].log_tail(15)}"
                                   for j in sorted(want) if j != i)
                 raise NodeError(f"{exc}\n{tails}") from None
+
+    def syncing_seen(self, i: int) -> list[int]:
+        """The running members node ``i`` sees catching up after a new or wiped store."""
+        live = {self.nodes[j].address for j in self.live_ids()}
+        return [self.id_of_address(m["address"]) for m in self.status(i)["members"]
+                if m["state"] == "syncing" and m["address"] in live]
 
     # -- helpers over the API ------------------------------------------------------------
 

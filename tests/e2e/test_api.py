@@ -258,7 +258,7 @@ def test_max_query_points(api: CountNode, series) -> None:
 
 def _numpy_agg(values: np.ndarray, how: str) -> float | int | None:
     if how == "count":
-        return int(len(values))
+        return len(values)
     if how == "sum":
         return float(np.sum(values)) if len(values) else 0.0
     if not len(values):
@@ -323,7 +323,7 @@ def test_bucketed_aggregation_matches_numpy(api: CountNode, agg_data, how: str, 
     for b in np.unique(buckets):
         in_bucket = sel_val[buckets == b]
         want.append({"timestamp": int(b), "value": float(_numpy_agg(in_bucket, how)),
-                     "count": int(len(in_bucket))})
+                     "count": len(in_bucket)})
     assert [g["timestamp"] for g in got] == [w["timestamp"] for w in want]
     assert [g["count"] for g in got] == [w["count"] for w in want]
     for g, w in zip(got, want, strict=True):

@@ -149,7 +149,7 @@ def test_node_id_name_and_number(make_node: NodeFactory) -> None:
     body = numbered.get("/health").json()
     assert body == {"status": "healthy", "node_id": 7, "cluster_size": 1}
     assert type(body["node_id"]) is int
-    assert "Node count-cluster-2 serving HTTP on %s (3 workers x 4 threads)" % named.address in named.log
+    assert f"Node count-cluster-2 serving HTTP on {named.address} (3 workers x 4 threads)" in named.log
     # (workers boot one after another; /health answers once the first one is up)
     for node, workers in ((named, 3), (numbered, 1)):
         deadline = time.monotonic() + 20
@@ -200,7 +200,7 @@ def test_clean_stop_exits_0_and_keeps_data(make_node: NodeFactory, sig: int) -> 
         stamps = rng.sample(range(10_000_000), 500)
         batch = [{"series": f"stop.s{i % 2}", "timestamp": t, "value": rng.random()} for t in stamps]
         node.insert(batch)
-        model.update({("stop.s%d" % (i % 2), p["timestamp"]): p["value"] for p in batch})
+        model.update({(f"stop.s{i % 2}", p["timestamp"]): p["value"] for p in batch})
     children = [p.pid for p in node.children()]
     assert len(children) >= 4, children  # node process, gunicorn master, 2 workers (+tracker)
     started = time.monotonic()
@@ -411,7 +411,8 @@ def test_repeated_kill_9_while_writing(make_node: NodeFactory) -> None:
         target = node.stats()["points_written"] + 2500
         writers = Writers(node, log, threads=2, make_batch=batch).start()
         try:
-            node.wait_for_stats(lambda s: s["points_written"] >= target, timeout=30, what="load")
+            node.wait_for_stats(lambda s, target=target: s["points_written"] >= target, timeout=30,
+                                what="load")
         finally:
             node.kill()
             writers.stop()

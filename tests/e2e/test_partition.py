@@ -329,13 +329,19 @@ def probe_insert(run: Run, i: int, seq: int) -> Request:
 
 
 def check_reads_during_partition(run: Run) -> None:
-    """The minority answers reads (200) with nothing it was never sent; the majority's reads
-    return every point acknowledged before the read."""
+    """The minority answers reads of the series it replicates (200) with nothing it was never
+    sent, and reads of the others with a 503 naming their unreachable replicas (never an
+    empty 200); the majority's reads return every point acknowledged before the read."""
     cluster, load = run.cluster, run.load
     names = [name for i in cluster.nodes for t in range(THREADS_PER_NODE)
              for name in load.series(i, t)[:3]]
     for name in names:
         resp = cluster.nodes[MINORITY].get(f"/query/range/{name}")
+        if resp.status_code == 503:
+            error = resp.json()["error"]
+            if "not answering: node" not in error or f"node {MINORITY}:" in error:
+                run.problem("minority", f"read of {name} on node {MINORITY}: 503 {error}")
+            continue
         if resp.status_code != 200:
             run.problem("minority", f"read of {name} on node {MINORITY}: {resp.status_code} "
                                     f"{resp.text[:200]}")

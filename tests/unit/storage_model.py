@@ -10,11 +10,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from count.storage.writes import TIMESTAMP_MAX_MS
 from count.storage import keys
 from count.storage.blocks import BLOCK_BYTES_MAX
 from count.storage.codec import decode_block
 from count.storage.engine import Storage, WriteRequest
+from count.storage.writes import TIMESTAMP_MAX_MS
 
 MAP_SIZE = 64 << 20
 END = TIMESTAMP_MAX_MS

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from count.storage.codec import FORMAT_VERSION, BlockHeader, block_header, decode_block, encode_block
+from count.storage.codec import (
+    FORMAT_VERSION,
+    BlockHeader,
+    block_header,
+    decode_block,
+    encode_block,
+)
 
 MAX_TS_MS = 2**63 - 1
 U64_MAX = 2**64 - 1

@@ -144,6 +144,19 @@ def test_a_stalled_loop_convicts_no_peer_and_judges_them_from_its_resumption():
     assert 1.0 <= now_s - 17.5 <= 4.0
 
 
+def test_heartbeats_read_before_the_stalled_tick_are_not_moved_into_the_future():
+    """The turn after a stall may read queued heartbeats before its timers run: the stall
+    must not push their arrival past now (the next heartbeat would then arrive "earlier")."""
+    m = membership(local_pause_s=2.0)
+    for second in range(5):
+        m.receive(hb(B, second + 1), float(second))
+        m.tick(second + 0.5)
+    m.receive(hb(B, 6), 12.5)  # read first in the turn after a stall from 4.5 to 12.5
+    assert kinds(m.tick(12.5)) == ["local_pause"]
+    assert m.receive(hb(B, 7), 13.0) == []
+    assert m.tick(13.5) == [] and m.alive(B)
+
+
 # --- leaving and restarts ----------------------------------------------------------------
 
 def test_leaving_marks_down_at_once_and_a_normal_heartbeat_brings_it_back():
