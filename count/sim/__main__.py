@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from functools import partial
 
 from count.sim.faults import parse_kinds
+from count.sim.mutants import MUTANTS, apply
 from count.sim.run import Outcome, simulate
 
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default="all",
                         help="comma-separated fault kinds, 'all' or 'none'")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument("--mutant", choices=sorted(MUTANTS),
+                        help="run a deliberately broken node (count/sim/mutants.py)")
     parser.add_argument("--verbose", action="store_true",
                         help="print the fault schedule and the checker's examples")
     args = parser.parse_args(argv)
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     started = time.monotonic()
     simulated = 0.0
+    if args.mutant:
+        apply(args.mutant)
     run = partial(_run, nodes=args.nodes, seconds=args.seconds, kinds=kinds)
     seeds = range(args.seed, args.seed + args.seeds)
     outcomes: Iterator[Outcome]
@@ -54,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {example}")
         if not outcome.ok:
             failed.append(seed)
+            mutant = f" --mutant {args.mutant}" if args.mutant else ""
             print(f"  replay: python -m count.sim --seed {seed} --nodes {args.nodes} "
-                  f"--seconds {args.seconds:g} --faults {args.faults} --verbose")
+                  f"--seconds {args.seconds:g} --faults {args.faults}{mutant} --verbose")
         print(outcome.summary(), flush=True)
     if args.seeds > 1:
         wall = time.monotonic() - started

@@ -10,7 +10,10 @@
   missing a key whose write was acknowledged at consistency=all before the read was sent.
 - errors: an answer no correct node gives (a 4xx or 5xx other than 503/507 to a valid
   request, or a final read that fails).
-- hints: hints still pending on some node after the heal.
+- hints: hints still pending on some node after the heal, or a key of a write acknowledged
+  at quorum or all that, once every hint was handed off (and before anti-entropy ran),
+  fewer of its replicas store than the level needs: a stand-in's acknowledgement is a
+  promise that the replica it stood in for gets the points.
 
 A write acknowledged at consistency=one before a disk was wiped is counted as maybe, not as
 lost: one copy was all it asked for, and that copy may be the one that went.
@@ -38,6 +41,11 @@ class Verdict:
 
     def failed(self) -> bool:
         return any(self.counts[k] for k in FAIL_KEYS)
+
+    def merge(self, other: Verdict) -> None:
+        for key in FAIL_KEYS:
+            self.counts[key] += other.counts[key]
+        self.examples.extend(other.examples[:max(0, 20 - len(self.examples))])
 
     def note(self, key: str, example: str) -> None:
         self.counts[key] += 1
@@ -74,6 +82,38 @@ def judge(world: World, workload: Workload, final_reads: list[Read],
         pending = sum(node.core.ctx.hints.pending().values())
         if pending:
             verdict.note("hints", f"node {node.index} still holds {pending} hinted points")
+    return verdict
+
+
+def handed_off(world: World, workload: Workload, wiped_at_s: list[float]) -> Verdict:
+    """After the heal and hand-off, before anti-entropy: every key acknowledged at quorum or
+    all is on at least as many of its replicas as the level needs (keys acknowledged before
+    a disk was wiped excepted: the wiped copy may have been one of them)."""
+    verdict = Verdict({k: 0 for k in FAIL_KEYS})
+    some = next(iter(world.nodes.values()))
+    assert some.core is not None
+    ring, rf = some.core.ctx.ring, some.core.ctx.rf
+    first_wipe = min(wiped_at_s) if wiped_at_s else None
+    stored: dict[tuple[int, str], set[int]] = {}
+    for w in workload.writes:
+        if w.outcome != "ok" or w.level == "one" or w.done_s is None:
+            continue
+        if first_wipe is not None and w.sent_s <= first_wipe:
+            continue
+        needed = rf if w.level == "all" else rf // 2 + 1
+        for series, ts, _ in w.points:
+            holders = 0
+            for address in ring.range_preference(ring.range_index(series))[:rf]:
+                node = world.by_address[address]
+                key = (node.index, series)
+                if key not in stored:
+                    assert node.storage is not None
+                    cols = node.storage.read(series, 0, TIMESTAMP_MAX_MS, DIGEST_POINTS_MAX)
+                    stored[key] = set(cols.ts.tolist())
+                holders += ts in stored[key]
+            if holders < needed:
+                verdict.note("hints", f"{series}@{ts} acknowledged at {w.level} (op {w.op}) is "
+                                      f"on {holders} of its replicas after hand-off")
     return verdict
 
 

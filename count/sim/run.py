@@ -15,7 +15,7 @@ from typing import Any
 from count.failsafe import set_strict, strict
 from count.messages import Repair
 from count.sim import faults as fault_kinds
-from count.sim.checker import Verdict, judge
+from count.sim.checker import Verdict, handed_off, judge
 from count.sim.workload import Read, Workload
 from count.sim.world import World
 
@@ -51,6 +51,14 @@ class Outcome:
 def _wait(world: World, done: list[Any], limit_s: float) -> None:
     deadline = world.now_s + limit_s
     while not done and world.now_s < deadline:
+        world.run_until(world.now_s + STEP_S)
+
+
+def hand_off(world: World, limit_s: float = 30.0) -> None:
+    """Run until no node holds a hint (bounded)."""
+    deadline = world.now_s + limit_s
+    while world.now_s < deadline and any(
+            n.core is not None and n.core.ctx.hints.pending() for n in world.nodes.values()):
         world.run_until(world.now_s + STEP_S)
 
 
@@ -110,10 +118,13 @@ def simulate(seed: int, nodes: int = 5, seconds: float = 60.0,
         workload.schedule(1.0, seconds, OPS_PER_S * rng.uniform(0.5, 1.5))
         world.run_until(seconds)
         world.run_until(seconds + 6.0)  # the last answers, heartbeats after the heal
+        wiped = [f.start_s for f in faults if f.kind == "wipe"]
+        hand_off(world)
+        delivered = handed_off(world, workload, wiped)
         settle(world)
         reads = final_reads(world, workload)
-        wiped = [f.start_s for f in faults if f.kind == "wipe"]
         verdict = judge(world, workload, reads, wiped)
+        verdict.merge(delivered)
         return Outcome(seed, len(workload.writes) + len(workload.reads), verdict, faults,
                        world.digest(), world.now_s)
     finally:
