@@ -1,24 +1,52 @@
-# The two front-door commands (see README.md): `make run` and `make test`.
+# The two front-door commands (see README.md): `make run` and `make check test`.
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+# Seeds of the simulation CI judges (5 nodes, 60 simulated seconds, every fault kind).
+SEEDS ?= 100
+SIM_JOBS ?= 1
 
-.PHONY: run test bench bench-cluster
+.PHONY: run test test-unit sim sim-ci lint typecheck check bench bench-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/count-server
+	$(BIN)/count-server
 
+# Everything: unit, simulation and end-to-end tests, with the simulation's seeds running
+# beside them (the end-to-end tests mostly wait on real time, so the cores are free).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	@$(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS) > .sim-seeds.log 2>&1 & \
+	sim=$$!; \
+	$(BIN)/python -m pytest -q; tests=$$?; \
+	wait $$sim; seeds=$$?; \
+	grep -v '^seed=.* lost=0 maybe=[0-9]* phantom=0 divergent=0 stale_reads=0 errors=0 hints=0 ' .sim-seeds.log; \
+	echo "simulation: $$(tail -1 .sim-seeds.log)"; \
+	test $$tests -eq 0 -a $$seeds -eq 0
+
+# Fast, no root, no processes: the pure parts and the simulation's own tests.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/sim
+
+# More seeds: make sim SEEDS=1000 SIM_JOBS=2
+sim: $(STAMP)
+	$(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check count tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck
 
 bench: $(STAMP)
-	$(VENV)/bin/python scripts/bench_node.py
+	$(BIN)/python scripts/bench_node.py
 
 bench-cluster: $(STAMP)
-	$(VENV)/bin/python scripts/bench_cluster.py
+	$(BIN)/python scripts/bench_cluster.py
