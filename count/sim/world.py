@@ -118,6 +118,16 @@ class SimNode:
     def data_dir(self) -> str:
         return self.config.data_dir
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Settings for the next start (a restart with another CLUSTER_NODES, say)."""
+        self._config = config
+        self.listed = frozenset(config.members())
+
     def start(self) -> None:
         assert self.state == "down"
         self.incarnation += 1
@@ -159,14 +169,15 @@ class SimNode:
             self.state = "paused"
             self.world.trace("pause", self.index)
 
-    def resume(self) -> None:
+    def resume(self, timers_first: bool | None = None) -> None:
         if self.state != "paused":
             return
         self.state = "up"
         # The loop's first turn after a stall either runs its timers before it reads what
         # queued meanwhile (the sockets' kernel buffers have not reached ZeroMQ yet) or reads
-        # it all first: both happen to a real node, so the seed picks.
-        timers_first = self.world.rng.random() < 0.5
+        # it all first: both happen to a real node, so the seed picks unless told.
+        if timers_first is None:
+            timers_first = self.world.rng.random() < 0.5
         self.world.trace("resume", self.index, timers_first)
         self._turn(timers_only=timers_first)
         self.wake(self.world.now_s + RESUME_READ_DELAY_S)
@@ -215,7 +226,8 @@ class SimNode:
             net.send(self, token[0], "reply", frame, token)
         for frame in ready.publish:
             for peer in self.world.nodes.values():
-                if peer is not self:
+                # A node's SUB socket connects to the members its CLUSTER_NODES lists.
+                if peer is not self and self.address in peer.listed:
                     net.send(self, peer, "gossip", frame, None)
         for token, status, body in ready.replies:
             callback = self.waiting.pop(token, None)
@@ -328,15 +340,12 @@ class World:
         self.root = tempfile.mkdtemp(prefix="count-sim-", dir=base)
         self.network = Network(self)
         self.rng = random.Random(f"{seed}/world")  # choices of the world that are not faults
-        addresses = [f"node{i}:8080" for i in range(1, nodes + 1)]
+        self.rf = rf
+        self.env = dict(env or {})
         self.nodes: dict[int, SimNode] = {}
+        self.by_address: dict[str, SimNode] = {}
         for i in range(1, nodes + 1):
-            settings = {**NODE_SETTINGS, **(env or {}), "NODE_ID": str(i),
-                        "CLUSTER_ENABLED": "true", "CLUSTER_NODES": ",".join(addresses),
-                        "REPLICATION_FACTOR": str(rf), "BIND_ADDRESS": addresses[i - 1],
-                        "DATA_DIR": os.path.join(self.root, f"node{i}")}
-            self.nodes[i] = SimNode(self, i, load_config(settings))
-        self.by_address = {n.address: n for n in self.nodes.values()}
+            self.add_node(i, list(range(1, nodes + 1)))
         self.logs = LogRecorder(self)
         self._loggers = [logging.getLogger("count")]
         for logger in self._loggers:
@@ -382,6 +391,22 @@ class World:
             self.current = previous
 
     # -- the cluster -----------------------------------------------------------------------
+
+    def node_config(self, index: int, members: list[int]) -> Config:
+        """Node ``index``'s settings with ``members`` (indices) as its CLUSTER_NODES."""
+        settings = {**NODE_SETTINGS, **self.env, "NODE_ID": str(index),
+                    "CLUSTER_ENABLED": "true",
+                    "CLUSTER_NODES": ",".join(f"node{i}:8080" for i in members),
+                    "REPLICATION_FACTOR": str(self.rf), "BIND_ADDRESS": f"node{index}:8080",
+                    "DATA_DIR": os.path.join(self.root, f"node{index}")}
+        return load_config(settings)
+
+    def add_node(self, index: int, members: list[int]) -> SimNode:
+        """A node (not started) that lists ``members``; the others do not list it yet."""
+        assert index not in self.nodes and index in members
+        node = self.nodes[index] = SimNode(self, index, self.node_config(index, members))
+        self.by_address[node.address] = node
+        return node
 
     def start(self) -> None:
         for node in self.nodes.values():
