@@ -130,6 +130,10 @@ def fold_series(
         parts.append(tail)
     parts.append(new)
     merged = merge_sorted(parts)
+    # The fold keeps every point it was given, at its newest version (last write wins).
+    at = np.searchsorted(merged.ts, new.ts)
+    assert at.max() < len(merged) and (merged.ts[at] == new.ts).all() and (
+        merged.ver[at] >= new.ver).all(), "a fold lost a point or its newest version"
     if tail is not None:
         to_tail = include_tail
     else:
