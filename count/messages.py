@@ -315,35 +315,31 @@ class ReplicaSeries(Message):
         return cls(*_series_query(args))
 
 
-def _ranges(args: dict[str, Any]) -> tuple[str, list[int]]:
-    return (_str(args, "ring", "anti-entropy request"),
-            _int_list(args, "ranges", RANGES_PER_MESSAGE_MAX, "anti-entropy request"))
-
-
 @dataclasses.dataclass(frozen=True)
-class DigestRanges(Message):
-    """One digest per ring range (anti-entropy's first level); ``ring`` is the asker's."""
+class _RangesQuery(Message):
+    """A question about some ring ranges; ``ring`` is the asker's ring digest."""
 
-    TAG: ClassVar[str] = "ae_ranges"
     ring: str
     ranges: list[int]
 
     @classmethod
-    def from_wire(cls, args: dict[str, Any]) -> DigestRanges:
-        return cls(*_ranges(args))
+    def from_wire(cls: type[M], args: dict[str, Any]) -> M:
+        return cls(_str(args, "ring", "anti-entropy request"),  # type: ignore[call-arg]
+                   _int_list(args, "ranges", RANGES_PER_MESSAGE_MAX, "anti-entropy request"))
 
 
 @dataclasses.dataclass(frozen=True)
-class DigestSeries(Message):
+class DigestRanges(_RangesQuery):
+    """One digest per ring range (anti-entropy's first level)."""
+
+    TAG: ClassVar[str] = "ae_ranges"
+
+
+@dataclasses.dataclass(frozen=True)
+class DigestSeries(_RangesQuery):
     """Per series of the ranges, one digest per time bucket (the second level)."""
 
     TAG: ClassVar[str] = "ae_series"
-    ring: str
-    ranges: list[int]
-
-    @classmethod
-    def from_wire(cls, args: dict[str, Any]) -> DigestSeries:
-        return cls(*_ranges(args))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -347,11 +347,12 @@ class World:
         for i in range(1, nodes + 1):
             self.add_node(i, list(range(1, nodes + 1)))
         self.logs = LogRecorder(self)
-        self._loggers = [logging.getLogger("count")]
-        for logger in self._loggers:
-            logger.addHandler(self.logs)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
+        # The nodes' log lines go to the recorder only, at INFO; close() puts it back.
+        self._logger = logging.getLogger("count")
+        self._logger_was = (self._logger.level, self._logger.propagate)
+        self._logger.addHandler(self.logs)
+        self._logger.setLevel(logging.INFO)
+        self._logger.propagate = False
 
     # -- the event queue -------------------------------------------------------------------
 
@@ -418,7 +419,7 @@ class World:
     def close(self) -> None:
         for node in self.nodes.values():
             node.crash()
-        for logger in self._loggers:
-            logger.removeHandler(self.logs)
-            logger.propagate = True
+        self._logger.removeHandler(self.logs)
+        self._logger.setLevel(self._logger_was[0])
+        self._logger.propagate = self._logger_was[1]
         shutil.rmtree(self.root, ignore_errors=True)

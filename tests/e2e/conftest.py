@@ -236,6 +236,14 @@ class CountNode:
         self._forget_dead_groups()
         return code
 
+    def signal_group(self, sig: int) -> None:
+        """Send a signal to every process of the node (SIGSTOP/SIGCONT pause it whole)."""
+        for pgid in list(self.pgids):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+
     def send_signal(self, sig: int) -> None:
         """Send a signal to the supervisor only."""
         assert self.proc is not None

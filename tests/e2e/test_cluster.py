@@ -12,7 +12,6 @@ names; tests that kill, wipe or reconfigure nodes start their own clusters.
 from __future__ import annotations
 
 import collections
-import os
 import random
 import re
 import signal
@@ -393,14 +392,6 @@ def test_kill_9_under_write_load_loses_no_acknowledged_point(make_cluster: Clust
     _verify_all(log, cluster, [3, 1, 2], "node 3 restarted")
 
 
-def _signal_group(node: CountNode, sig: int) -> None:
-    for pgid in list(node.pgids):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def test_paused_node_catches_up_after_it_resumes(make_cluster: ClusterFactory) -> None:
     """SIGSTOP is a hung node, not a dead one: sockets stay open, nothing answers. Once it
     resumes it must end up with every acknowledged point of its share, with no read to
@@ -414,16 +405,16 @@ def test_paused_node_catches_up_after_it_resumes(make_cluster: ClusterFactory) -
     paused = cluster.node(3)
     try:
         cluster.wait_until(lambda: log.statuses[201] >= 40, "40 acknowledged writes", 30)
-        _signal_group(paused, signal.SIGSTOP)
+        paused.signal_group(signal.SIGSTOP)
         cluster.wait_sees(1, {1, 2})
         cluster.wait_sees(2, {1, 2})
         acked = log.statuses[201]
         cluster.wait_until(lambda: log.statuses[201] >= acked + 40,
                            "writes acknowledged with node 3 paused", 30)
-        _signal_group(paused, signal.SIGCONT)
+        paused.signal_group(signal.SIGCONT)
         cluster.wait_converged()
     finally:
-        _signal_group(paused, signal.SIGCONT)
+        paused.signal_group(signal.SIGCONT)
         for w in writers:
             w.stop()
     bad = {s: n for s, n in log.statuses.items() if s not in (201, 503)}

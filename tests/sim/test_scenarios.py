@@ -7,12 +7,13 @@ diff before committing it).
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 import pytest
 
-from count.sim.scenario import parse, run_script
+from count.sim.scenario import render, run_script
 
 pytestmark = pytest.mark.sim
 
@@ -20,19 +21,20 @@ TESTDATA = Path(__file__).parent / "testdata"
 SCRIPTS = sorted(TESTDATA.glob("*.txt"))
 
 
-def test_every_script_is_found():
+def test_every_script_is_found() -> None:
     assert len(SCRIPTS) >= 9, SCRIPTS
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
 def test_scenario(path: Path) -> None:
-    text = path.read_text()
-    actual = run_script(text)
+    """The script's outputs are what it says; shown as a diff of the file when they are not."""
+    expected = path.read_text()
+    actual = render(expected, run_script(expected))
     if os.environ.get("COUNT_SCENARIO_REWRITE") == "1":
-        path.write_text(actual + "\n")
+        path.write_text(actual)
         return
-    mismatches = []
-    for (_, command, want), (_, _, got) in zip(parse(text), parse(actual), strict=True):
-        if want != got:
-            mismatches.append(f"{command}\n---- expected\n{want}\n---- got\n{got}")
-    assert not mismatches, f"{path.name}:\n\n" + "\n\n".join(mismatches)
+    if actual != expected:
+        diff = difflib.unified_diff(expected.splitlines(), actual.splitlines(),
+                                    f"{path.name} (expected)", f"{path.name} (actual)",
+                                    lineterm="")
+        pytest.fail("\n".join(diff), pytrace=False)
