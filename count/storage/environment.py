@@ -93,6 +93,3 @@ class Environment:
 
     def file_bytes(self) -> int:
         return os.path.getsize(os.path.join(self.path, "data.mdb"))
-
-    def close(self) -> None:
-        self.env.close()
