@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import CountNode
-from tests.e2e.workload import Batch, PointLog, Writers
+from tests.e2e.workload import PointLog, Writers, load_batch, verify_all
 
 if TYPE_CHECKING:  # imported by pytest_plugins below, so that its asserts are rewritten
     from tests.e2e.cluster import Cluster, ClusterFactory
@@ -332,35 +332,10 @@ def test_five_nodes_rf3_default_timings(make_cluster: ClusterFactory) -> None:
 # -- 4. kill -9 under write load -----------------------------------------------------------
 
 
-def _load_batch(prefix: str):
-    def make(thread: int, seq: int, rng: random.Random) -> Batch:
-        batch = [{"series": f"{prefix}.t{thread}.s{j % 4}", "timestamp": T0 + seq * 10 + j,
-                  "value": rng.randint(0, 1_000_000) / 4} for j in range(10)]
-        if seq >= 5 and seq % 3 == 0:  # overwrite an earlier point of this thread
-            old, j = rng.randrange(seq), rng.randrange(10)
-            batch.append({"series": f"{prefix}.t{thread}.s{j % 4}",
-                          "timestamp": T0 + old * 10 + j, "value": -rng.randint(1, 1000)})
-        return batch
-    return make
-
-
-def _verify_all(log: PointLog, cluster: Cluster, ids: list[int], when: str) -> None:
-    unknown = sum(1 for a in log.attempts.values() for _, o in a if o == "unknown")
-    for i in ids:
-        report = log.verify(cluster.node(i))
-        summary = (f"{when}, read through node {i}: acknowledged {report['acked']}, maybe "
-                   f"(unknown outcome) {unknown}, lost {len(report['missing'])}, wrong "
-                   f"{len(report['wrong'])}, phantom {len(report['phantom'])}, found "
-                   f"{report['found']}")
-        assert not report["missing"], f"{summary}; lost e.g. {report['missing'][:5]}"
-        assert not report["wrong"], f"{summary}; wrong e.g. {report['wrong'][:5]}"
-        assert not report["phantom"], f"{summary}; phantom e.g. {report['phantom'][:5]}"
-
-
 def test_kill_9_under_write_load_loses_no_acknowledged_point(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3, 2)
     log = PointLog()
-    writers = {i: Writers(cluster.node(i), log, threads=2, make_batch=_load_batch(f"load.n{i}"),
+    writers = {i: Writers(cluster.node(i), log, threads=2, make_batch=load_batch(f"load.n{i}"),
                           seed=i) for i in cluster.ids}
     for w in writers.values():
         w.start()
@@ -384,12 +359,12 @@ def test_kill_9_under_write_load_loses_no_acknowledged_point(make_cluster: Clust
                   and not (isinstance(s, str) and "Timeout" not in s)}
     assert not unexpected, (unexpected, log.errors[:5])
 
-    _verify_all(log, cluster, [1, 2], "node 3 killed")
+    verify_all(log, [cluster.node(i) for i in (1, 2)], "node 3 killed")
     cluster.restart(3)
     for i in (1, 2):
         assert re.search(r"Node 3 unreachable \(", cluster.node(i).log), i
         assert re.search(r"Node 3 (restarted|back online) \(", cluster.node(i).log), i
-    _verify_all(log, cluster, [3, 1, 2], "node 3 restarted")
+    verify_all(log, [cluster.node(i) for i in (3, 1, 2)], "node 3 restarted")
 
 
 def test_paused_node_catches_up_after_it_resumes(make_cluster: ClusterFactory) -> None:
@@ -398,7 +373,7 @@ def test_paused_node_catches_up_after_it_resumes(make_cluster: ClusterFactory) -
     repair it (anti-entropy off), and every node must read every acknowledged point."""
     cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "0"})
     log = PointLog()
-    writers = [Writers(cluster.node(i), log, threads=2, make_batch=_load_batch(f"pause.n{i}"),
+    writers = [Writers(cluster.node(i), log, threads=2, make_batch=load_batch(f"pause.n{i}"),
                        seed=10 + i) for i in (1, 2)]
     for w in writers:
         w.start()
@@ -437,7 +412,7 @@ def test_paused_node_catches_up_after_it_resumes(make_cluster: ClusterFactory) -
     assert not problems, f"node 3 alone: {len(problems)} bad points, e.g. {problems[:5]}"
 
     cluster.start([1, 2])
-    _verify_all(log, cluster, [1, 2, 3], "after node 3 resumed")
+    verify_all(log, [cluster.node(i) for i in (1, 2, 3)], "after node 3 resumed")
 
 
 # -- 5. hinted handoff ---------------------------------------------------------------------

@@ -160,3 +160,37 @@ class Writers:
             t.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self.threads if t.is_alive()]
         assert not alive, f"writer threads still running after {timeout} s: {alive}"
+
+
+T0_MS = 1_640_995_200_000  # the README's timestamp
+
+
+def load_batch(prefix: str) -> Callable[[int, int, random.Random], Batch]:
+    """A ``make_batch`` for ``Writers``: ten new points over four series per request, and
+    every third request from the sixth on also overwrites one earlier point of its thread."""
+    def make(thread: int, seq: int, rng: random.Random) -> Batch:
+        batch = [{"series": f"{prefix}.t{thread}.s{j % 4}", "timestamp": T0_MS + seq * 10 + j,
+                  "value": rng.randint(0, 1_000_000) / 4} for j in range(10)]
+        if seq >= 5 and seq % 3 == 0:
+            old, j = rng.randrange(seq), rng.randrange(10)
+            batch.append({"series": f"{prefix}.t{thread}.s{j % 4}",
+                          "timestamp": T0_MS + old * 10 + j, "value": -rng.randint(1, 1000)})
+        return batch
+    return make
+
+
+def verify_all(log: PointLog, nodes: list[CountNode], when: str) -> str:
+    """Read everything back through each node; fail on a lost, wrong or phantom point.
+    Returns the summary line (acknowledged, maybe, lost) of the last node read."""
+    unknown = sum(1 for a in log.attempts.values() for _, o in a if o == "unknown")
+    summary = ""
+    for node in nodes:
+        report = log.verify(node)
+        summary = (f"{when}, read through {node.name}: acknowledged {report['acked']}, maybe "
+                   f"(unknown outcome) {unknown}, lost {len(report['missing'])}, wrong "
+                   f"{len(report['wrong'])}, phantom {len(report['phantom'])}, found "
+                   f"{report['found']}")
+        assert not report["missing"], f"{summary}; lost e.g. {report['missing'][:5]}"
+        assert not report["wrong"], f"{summary}; wrong e.g. {report['wrong'][:5]}"
+        assert not report["phantom"], f"{summary}; phantom e.g. {report['phantom'][:5]}"
+    return summary
