@@ -119,6 +119,21 @@ class Ring:
         both = (head == self._index[a]).any(axis=1) & (head == self._index[b]).any(axis=1)
         return np.flatnonzero(both).tolist()
 
+    def ownership(self, rf: int) -> dict[str, float]:
+        """Each member's effective share of the ring: the fraction of the hash space whose
+        series it replicates at ``rf`` (as nodetool's "Owns (effective)"; they sum to
+        ``min(rf, members)``). An even ring gives each member ``rf / members``."""
+        if rf < 1:
+            raise ValueError("rf must be at least 1")
+        if len(self._tokens) == 1:
+            return {self.members[0]: 1.0}
+        # Range i is the arc (token[i-1], token[i]]; uint64 subtraction wraps range 0 round.
+        arcs = (self._tokens - np.roll(self._tokens, 1)).astype(np.float64) / 2.0 ** 64
+        owned = np.zeros(len(self.members))
+        head = self._order[:, :rf]
+        np.add.at(owned, head, arcs[:, None])
+        return {m: min(1.0, float(owned[i])) for i, m in enumerate(self.members)}  # float sums
+
     def digest(self) -> str:
         """Short hex hash of (sorted members, vnodes): rings that place alike hash alike."""
         spec = json.dumps([sorted(self.members), self.vnodes]).encode()

@@ -46,6 +46,7 @@ class Status:
         ctx = self.ctx
         members = []
         own = self.load()
+        owns = ctx.ring.ownership(ctx.rf)
         for view in ctx.membership.view(ctx.now_s()):
             load = own if view.is_self else view.load
             state = view.state
@@ -56,6 +57,7 @@ class Status:
                 "alive": view.alive, "self": view.is_self,
                 "heartbeat_age_s": None if view.heartbeat_age_s is None
                 else round(view.heartbeat_age_s, 3),
+                "ownership": round(owns.get(view.address, 0.0), 4),
                 "points": load.get("points"), "bytes": load.get("bytes"),
                 "hints_pending": sum(load.get("hints", {}).values()),
             })

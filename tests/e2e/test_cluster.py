@@ -189,6 +189,9 @@ def test_health_and_cluster_status_show_three_alive_members(cluster3: Cluster) -
         for m in members:
             assert m["self"] or (m["heartbeat_age_s"] is not None and m["heartbeat_age_s"] >= 0)
             assert isinstance(m["points"], int) and isinstance(m["hints_pending"], int), m
+        # RF=2 of three members: each replicates about two thirds of the ring
+        assert sum(m["ownership"] for m in members) == pytest.approx(2, abs=0.001), members
+        assert all(0.5 < m["ownership"] < 0.8 for m in members), members
         digests.add(status["ring"])
     assert len(digests) == 1, digests
 

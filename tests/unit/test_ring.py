@@ -146,6 +146,21 @@ def test_primaries_are_balanced(n):
         assert 0.7 / n * len(names) <= count <= 1.3 / n * len(names)
 
 
+@pytest.mark.parametrize("n, rf, vnodes", [(1, 2, 1), (1, 1, 150), (3, 2, 150), (4, 2, 7),
+                                          (5, 3, 150), (2, 3, 20)])
+def test_ownership_is_the_share_of_names_each_member_replicates(n, rf, vnodes):
+    ring = Ring(addresses(n), vnodes)
+    owns = ring.ownership(rf)
+    assert set(owns) == set(addresses(n))
+    assert sum(owns.values()) == pytest.approx(min(rf, n))
+    names = random_names(20_000, seed=n * 10 + rf)
+    held = Counter(m for name in names for m in ring.replicas(name, rf))
+    for member, share in owns.items():
+        assert 0.0 < share <= 1.0
+        # a sample of 20,000 names: within 2.5 points of the exact share
+        assert abs(held[member] / len(names) - share) < 0.025, (member, share)
+
+
 def test_adding_a_member_moves_about_a_quarter_of_primaries():
     names = random_names(10_000, seed=11)
     before = Ring(addresses(3))
