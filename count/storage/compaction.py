@@ -4,7 +4,8 @@ A compaction freezes the segments present when it starts and walks their series 
 a bounded number per step so that requests are served between steps. For each series it
 merges the segments' points into the blocks they overlap and into the series' tail, then cuts
 the result into full blocks (appended) and a new tail. When every series is done the frozen
-segments are deleted. Until then a read sees a point both in its segment and in its block,
+segments are deleted; points of dropped series (``Storage.drop_series``) are left out.
+Until then a read sees a point both in its segment and in its block,
 with the same version, and last-write-wins keeps one: a crash mid-compaction loses nothing and
 the next compaction simply redoes the work.
 """
@@ -27,14 +28,21 @@ SERIES_PER_STEP = 16
 class Compaction:
     """One compaction job over a fixed set of segments, run in steps."""
 
-    def __init__(self, environment: Environment, segment_keys: list[bytes]) -> None:
+    def __init__(self, environment: Environment, segment_keys: list[bytes],
+                 dropped: set[int] | None = None) -> None:
         self.lmdb = environment
         self.segment_keys = segment_keys
         with environment.begin(buffers=True) as txn:
             sids = [s.sids.copy() for s in self._segments(txn)]
-        self.pending = np.unique(np.concatenate(sids)) if sids else np.empty(0, np.uint32)
+        pending = np.unique(np.concatenate(sids)) if sids else np.empty(0, np.uint32)
+        if dropped:
+            pending = pending[~np.isin(pending, np.fromiter(dropped, np.uint32, len(dropped)))]
+        self.pending = pending
+        # The storage's own set: a series dropped while this job runs is left out too.
+        self.dropped = dropped if dropped is not None else set()
         self.position = 0
         self.points_folded = 0
+        self.points_dropped = 0  # of dropped series, left out
         self.blocks_written = 0
 
     def _segments(self, txn: lmdb.Transaction) -> list[Segment]:
@@ -68,6 +76,11 @@ class Compaction:
         chunk = self.pending[self.position:self.position + SERIES_PER_STEP]
         gathered = self._gather(int(chunk[0]), int(chunk[-1]))
         db = self.lmdb.db
+
+        if self.dropped:
+            kept = [(sid, cols) for sid, cols in gathered if sid not in self.dropped]
+            self.points_dropped += sum(len(c) for _, c in gathered) - sum(len(c) for _, c in kept)
+            gathered = kept
 
         def body(txn: lmdb.Transaction) -> int:
             next_block = first_block

@@ -7,7 +7,7 @@ compressed per-series blocks. A range read merges blocks, the series' tail, segm
 the buffer by last-write-wins.
 
 LMDB databases (all keys big-endian):
-  series      name -> sid u32           series_names  sid -> name
+  series      name -> sid u32           series_names  sid -> name (b"" once dropped)
   segments    seq u64 -> segment
   tails       sid -> block (newest, still filling)
   blocks      seq u64 -> full block     bindex        (sid, max_ts) -> (seq, min_ts, count)
@@ -95,6 +95,9 @@ class Storage:
         self.flush_failing = False
         self._sids: dict[str, int] = {}
         self._names: list[str] = []
+        # Ids of dropped series: their ids are never reused, and points of theirs still in
+        # the WAL, the buffer or segments are left out when compaction folds them.
+        self._dropped: set[int] = set()
         # Per series id, the number of the last write() that touched it: lets anti-entropy
         # keep a series' digests until it changes. In memory only (a restart recomputes).
         self._stamps = np.zeros(1024, np.uint64)
@@ -110,6 +113,8 @@ class Storage:
             for name, sid in txn.cursor(self.db["series"]):
                 self._sids[name.decode()] = keys.unpack_u32(sid)
             self._names = sorted(self._sids, key=self._sids.__getitem__)
+            self._dropped = {keys.unpack_u32(sid) for sid, name
+                             in txn.cursor(self.db["series_names"]) if not name}
             last = self.lmdb.last_key(txn, "series_names")
             self._next_sid = keys.unpack_u32(last) + 1 if last else 1
             last = self.lmdb.last_key(txn, "blocks")
@@ -237,6 +242,49 @@ class Storage:
         log.debug("Flushed %d points into segment %d in %.1f ms", points,
                   self._next_segment - 1, (time.perf_counter() - started) * 1000)
 
+    def drop_series(self, name: str, stamp: int) -> bool:
+        """Delete every point of a series, unless it was written since ``series_stamp``
+        gave ``stamp``; True if it was dropped (or held nothing).
+
+        For cleanup: the cluster layer drops a series this node does not replicate once its
+        replicas have acknowledged these points; a write in between (this node became a
+        stand-in again) keeps it. One durable transaction deletes the name, its blocks and
+        its tail; its id stays reserved (``series_names`` maps it to b""), so points of it
+        still in the WAL, the buffer or segments are never read again and compaction drops
+        them. A later write of the name creates a new series.
+        """
+        sid = self._sids.get(name)
+        if sid is None:
+            return True
+        if self.series_stamp(name) != stamp:
+            return False
+        prefix = keys.sid_key(sid)
+        freed: list[int] = []
+
+        def body(txn: lmdb.Transaction) -> None:
+            freed.clear()
+            txn.delete(name.encode(), db=self.db["series"])
+            txn.put(prefix, b"", db=self.db["series_names"])
+            txn.delete(prefix, db=self.db["tails"])
+            cur = txn.cursor(self.db["bindex"])
+            doomed = []
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if bytes(key[:4]) != prefix:
+                        break
+                    doomed.append(bytes(key))
+                    freed.append(keys.unpack_index_value(value)[0])
+            for key in doomed:
+                txn.delete(key, db=self.db["bindex"])
+            for seq in freed:
+                txn.delete(keys.seq_key(seq), db=self.db["blocks"])
+
+        self.transact(body)
+        del self._sids[name]
+        self._dropped.add(sid)
+        self._points_held = None  # counted again when next asked
+        return True
+
     # -- compaction ------------------------------------------------------------------------
 
     def compaction_due(self, idle: bool) -> bool:
@@ -249,7 +297,7 @@ class Storage:
         return len(self._segment_keys)
 
     def start_compaction(self) -> None:
-        self.compaction = Compaction(self.lmdb, list(self._segment_keys))
+        self.compaction = Compaction(self.lmdb, list(self._segment_keys), self._dropped)
 
     def compaction_step(self) -> None:
         """One bounded step of the running compaction; finishing it drops its segments."""
@@ -258,6 +306,8 @@ class Storage:
         if finished:
             done = set(self.compaction.segment_keys)
             self._segment_keys = [k for k in self._segment_keys if k not in done]
+            if self.compaction.points_dropped:
+                self._points_held = None  # counted again when next asked
             self.compaction = None
 
     def compact_all(self) -> None:

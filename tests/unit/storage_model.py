@@ -67,6 +67,9 @@ class Model:
                     points[ts] = (req.version, self.arrival, val)
             self.version_high = max(self.version_high, req.version)
 
+    def drop(self, name: str) -> None:
+        self.series.pop(name, None)
+
     def expected(self, name: str, start: int = 0, end: int = END):
         points = self.series.get(name, {})
         stamps = sorted(t for t in points if start <= t <= end)
@@ -96,10 +99,11 @@ def check_layout(storage: Storage) -> dict[int, list[tuple[int, int]]]:
 
     Per series: full blocks (bindex) are sorted and do not overlap, each index entry matches
     its block, every block is referenced exactly once, and the tail (if any) is newer than
-    every full block.
+    every full block; no block or tail belongs to a dropped series.
     """
     ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
     with storage.env.begin() as txn:
+        dropped = {keys.unpack_u32(k) for k, v in txn.cursor(storage.db["series_names"]) if not v}
         seqs = set()
         for key, value in txn.cursor(storage.db["bindex"]):
             sid, max_ts = keys.unpack_index_key(key)
@@ -111,6 +115,7 @@ def check_layout(storage: Storage) -> dict[int, list[tuple[int, int]]]:
             assert len(data) <= BLOCK_BYTES_MAX
             ts, _, _ = decode_block(data)
             assert (int(ts[0]), int(ts[-1]), len(ts)) == (min_ts, max_ts, count)
+            assert sid not in dropped, f"block {seq} of dropped sid {sid}"
             ranges[sid].append((min_ts, max_ts))
         block_keys = txn.cursor(storage.db["blocks"]).iternext(values=False)
         stored = {keys.unpack_u64(k) for k in block_keys}
@@ -120,6 +125,7 @@ def check_layout(storage: Storage) -> dict[int, list[tuple[int, int]]]:
                 assert prev_max < next_min, f"sid {sid}: overlapping or unsorted blocks"
         for key, value in txn.cursor(storage.db["tails"]):
             sid = keys.unpack_u32(key)
+            assert sid not in dropped, f"tail of dropped sid {sid}"
             ts, _, _ = decode_block(value)
             if ranges.get(sid):
                 assert int(ts[0]) > ranges[sid][-1][1], f"sid {sid}: tail not after its blocks"

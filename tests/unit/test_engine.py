@@ -450,7 +450,7 @@ def _verify_all(storage: Storage, model: Model, context: str) -> None:
     assert storage.version_high == model.version_high
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_random_operations_match_the_model(path, seed, monkeypatch):
     # small compaction steps, so that writes, flushes and reads land between them
     monkeypatch.setattr(compaction, "SERIES_PER_STEP", 2)
@@ -477,8 +477,18 @@ def test_random_operations_match_the_model(path, seed, monkeypatch):
                     storage.start_compaction()
             else:
                 storage.compaction_step()
-        elif op < 0.90 and model.names():
+        elif op < 0.87 and model.names():
             _verify_some(storage, model, rnd, context)
+        elif op < 0.90 and model.names():
+            name = rnd.choice(model.names())
+            stamp = storage.series_stamp(name)
+            if rnd.random() < 0.3:  # written after the stamp was taken: not dropped
+                write(storage, model, series_request(name, [(T0, 1.0)], 5))
+                assert not storage.drop_series(name, stamp), context
+            else:
+                assert storage.drop_series(name, stamp), context
+                model.drop(name)
+                assert len(storage.read(name, 0, END, BIG)) == 0, context
         elif op < 0.93:
             prefix = rnd.choice(["", "a", "cpu", "cpu.", "m", "z"])
             limit = rnd.randint(1, 10)
@@ -537,3 +547,42 @@ def test_series_stamps_change_only_when_the_series_is_written(path):
     again = open_storage(path)
     assert again.series_names_since(0) == ["a", "b", "c"]  # id order on reopen
     again.close(clean=False)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_dropped_series_is_gone_from_every_layer_and_stays_gone(path, layer):
+    storage = open_storage(path, buffer_points=100_000)
+    model = Model()
+    write(storage, model, series_request("keep", walk(3000, 1), 10),
+          series_request("gone", walk(3000, 2), 10))
+    _settle(storage, layer)
+    assert storage.drop_series("gone", storage.series_stamp("gone"))
+    model.drop("gone")
+    assert storage.list_series("", 10) == ["keep"]
+    assert len(storage.read("gone", 0, END, BIG)) == 0
+    check_read(storage, model, "keep")
+    storage.flush()
+    storage.compact_all()
+    check_layout(storage)  # compaction folded none of its segment points back into blocks
+    assert storage.points_estimate() == 3000  # nor are they counted once compacted away
+    # a later write of the name is a new series with only the new points
+    write(storage, model, series_request("gone", [(T0 + 5, 7.0)], 11))
+    check_read(storage, model, "gone")
+    for clean in (False, True):  # neither the WAL nor the segments bring the old points back
+        storage.close(clean=clean)
+        storage = open_storage(path)
+        for name in ("keep", "gone"):
+            check_read(storage, model, name, context=f"reopened (clean={clean})")
+        storage.compact_all()
+        check_layout(storage)
+    storage.close()
+
+
+def test_drop_refused_after_a_write_since_the_stamp(store):
+    model = Model()
+    write(store, model, series_request("s", walk(10), 1))
+    stamp = store.series_stamp("s")
+    write(store, model, series_request("s", [(T0 + 1, 2.0)], 2))
+    assert not store.drop_series("s", stamp)
+    check_read(store, model, "s")
+    assert store.drop_series("never.written", 0)  # nothing held: nothing to keep
