@@ -25,7 +25,7 @@ test: $(STAMP)
 	sim=$$!; \
 	$(BIN)/python -m pytest -q; tests=$$?; \
 	wait $$sim; seeds=$$?; \
-	grep -v '^seed=.* lost=0 maybe=[0-9]* phantom=0 divergent=0 stale_reads=0 errors=0 hints=0 ' .sim-seeds.log; \
+	grep -v '^seed=.* lost=0 maybe=[0-9]* phantom=0 divergent=0 stale_reads=0 errors=0 hints=0 leftover=0 ' .sim-seeds.log; \
 	echo "simulation: $$(tail -1 .sim-seeds.log)"; \
 	test $$tests -eq 0 -a $$seeds -eq 0
 

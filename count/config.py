@@ -180,6 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
             "How often a node compares Merkle digests with each peer it shares ranges with "
             "(0 turns the background job off; POST /cluster/repair still works).",
             0, 30 * 86_400),
+    Setting("CLEANUP_INTERVAL_SECONDS", "cleanup_interval_seconds", _parse_int, "10",
+            "How often a node deletes series it holds but does not replicate (a stand-in's "
+            "leftovers, ranges moved to other nodes), each once its replicas acknowledge "
+            "the points; only while every member is up and lists the same members (0: never).",
+            0, 30 * 86_400),
 )
 
 # The original Count read its log filter from RUST_LOG; LOG_LEVEL wins when both are set.
@@ -212,6 +217,7 @@ class Config:
     replica_retries: int
     max_hint_window_seconds: int
     anti_entropy_interval_seconds: int
+    cleanup_interval_seconds: int
 
     def members(self) -> list[str]:
         """The cluster's members as written in CLUSTER_NODES (a single node is its own member)."""

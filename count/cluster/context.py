@@ -62,7 +62,8 @@ class NodeContext:
         self.serve: Callable[[Message, Reply], None] = _unserved
         self.counters = {"inserts": 0, "reads": 0, "replica_writes_failed": 0,
                          "hints_stored": 0, "hinted_points_delivered": 0,
-                         "read_repairs": 0, "read_repair_points": 0, "writes_refused": 0}
+                         "read_repairs": 0, "read_repair_points": 0, "writes_refused": 0,
+                         "cleanup_series_dropped": 0, "cleanup_points_dropped": 0}
         known = replica.storage.meta_get(MEMBER_IDS_RECORD)
         self.member_ids: dict[str, int | str] = msgpack.unpackb(known) if known else {}
         self._writes: list[tuple[WriteRequest, str | None, Reply]] = []

@@ -86,6 +86,10 @@ class HintLog:
         """Points held per target replica (what gossip advertises, so reads ask this node)."""
         return {target: total for target, total in self._totals.items() if total}
 
+    def hinted_series(self) -> set[str]:
+        """The series this node holds a hint for, for any target."""
+        return {series for table in self._hints.values() for series in table}
+
     def take(self, target: str, series_max: int) -> list[tuple[str, Hint]]:
         """Up to ``series_max`` of a target's hints, oldest first, as copies."""
         table = self._hints.get(target, {})

@@ -260,6 +260,11 @@ class Membership:
     def has_majority(self) -> bool:
         return self.alive_count() > self.size / 2
 
+    def whole(self) -> bool:
+        """Every member alive and listing the same members as this node."""
+        return all(p.latest is not None and p.down_since_s is None
+                   and p.latest.members_digest == self.digest for p in self._peers.values())
+
     def health(self) -> str:
         """'healthy' all alive, 'degraded' some down but a majority alive, else 'unhealthy'."""
         if self.alive_count() == self.size:

@@ -1,8 +1,8 @@
 """One node's decisions as a state machine: messages and ticks in, a ``Ready`` out.
 
 ``NodeCore`` holds everything that decides (membership and the failure detector, the ring,
-the links to peers, the write and read paths, hand-off, anti-entropy) and does no I/O of its
-own: a driver feeds it what arrived (``client``, ``peer_request``, ``peer_reply``,
+the links to peers, the write and read paths, hand-off, anti-entropy, cleanup) and does no
+I/O of its own: a driver feeds it what arrived (``client``, ``peer_request``, ``peer_reply``,
 ``gossip``), calls ``tick`` for the timers, and takes ``ready()``: the replies to clients
 and peers, the frames to send, the heartbeat to publish, and when to wake it next. Time
 and randomness come in through the ``Clock`` and ``random.Random`` it is given; storage is
@@ -23,6 +23,7 @@ from typing import Any
 from count.clock import Clock
 from count.cluster.antientropy import AntiEntropy
 from count.cluster.catchup import CatchUp
+from count.cluster.cleanup import Cleanup
 from count.cluster.context import NodeContext
 from count.cluster.handoff import HandOff
 from count.cluster.hints import HintLog
@@ -106,6 +107,7 @@ class NodeCore:
         self.reads = Reads(ctx, placement, self.catchup.counts_for_reads)
         self.handoff = HandOff(ctx)
         self.anti_entropy = AntiEntropy(ctx, self.catchup)
+        self.cleanup = Cleanup(ctx, placement, self.anti_entropy)
         self.status = Status(ctx, placement, self.anti_entropy, self.catchup)
         self._client_handlers: dict[type[Message], Handler] = {
             Insert: self.writes.insert,
@@ -204,7 +206,7 @@ class NodeCore:
 
     def tick(self) -> None:
         """Run the timers that are due: heartbeat and failure detector, hand-off,
-        anti-entropy, storage upkeep."""
+        anti-entropy, cleanup, storage upkeep."""
         ctx = self.ctx
         now = self.clock.monotonic_s()
         if ctx.links and now >= self._next_heartbeat_s:
@@ -215,6 +217,7 @@ class NodeCore:
         try:
             self.handoff.step(now)
             self.anti_entropy.step(now)
+            self.cleanup.step(now)
         except Exception:
             survive(log, "Background cluster work failed; retrying next turn")
         ctx.finish_turn()
@@ -249,7 +252,8 @@ class NodeCore:
         due = [d for link in ctx.links.values() if (d := link.next_deadline_s()) is not None]
         if ctx.links:
             due.append(self._next_heartbeat_s)
-        for wake in (self.handoff.next_wake_s(), self.anti_entropy.next_wake_s()):
+        for wake in (self.handoff.next_wake_s(), self.anti_entropy.next_wake_s(),
+                     self.cleanup.next_wake_s()):
             if wake is not None:
                 due.append(wake)
         storage_wake = ctx.replica.next_wakeup_s()

@@ -14,6 +14,8 @@
   at quorum or all that, once every hint was handed off (and before anti-entropy ran),
   fewer of its replicas store than the level needs: a stand-in's acknowledgement is a
   promise that the replica it stood in for gets the points.
+- leftover: a series some node still holds after cleanup had its time, though it is none
+  of its replicas and holds no hint for it.
 
 A write acknowledged at consistency=one before a disk was wiped is counted as maybe, not as
 lost: one copy was all it asked for, and that copy may be the one that went.
@@ -28,7 +30,7 @@ from count.sim.workload import Read, Workload, Write
 from count.sim.world import World
 from count.storage.writes import TIMESTAMP_MAX_MS
 
-FAIL_KEYS = ("lost", "phantom", "divergent", "stale_reads", "errors", "hints")
+FAIL_KEYS = ("lost", "phantom", "divergent", "stale_reads", "errors", "hints", "leftover")
 WRITE_STATUSES = (201, 503, 507)
 READ_STATUSES = (200, 503)
 DIGEST_POINTS_MAX = 1 << 31
@@ -82,6 +84,13 @@ def judge(world: World, workload: Workload, final_reads: list[Read],
         pending = sum(node.core.ctx.hints.pending().values())
         if pending:
             verdict.note("hints", f"node {node.index} still holds {pending} hinted points")
+        ring, rf = node.core.ctx.ring, node.core.ctx.rf
+        hinted = node.core.ctx.hints.hinted_series()
+        for series in workload.series:
+            if (node.address not in ring.replicas(series, rf) and series not in hinted
+                    and node.storage is not None and node.storage.sid(series) is not None):
+                verdict.note("leftover", f"node {node.index} still holds {series}, which it "
+                                         "does not replicate")
     return verdict
 
 

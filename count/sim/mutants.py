@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from count.cluster.catchup import CatchUp
+from count.cluster.cleanup import CLEANUP_SERIES_MAX, Cleanup
 from count.cluster.handoff import HandOff
 from count.cluster.node import NodeCore
 from count.cluster.reads import Reads
@@ -93,12 +94,25 @@ def _no_catch_up() -> None:
     CatchUp.__init__ = init  # type: ignore[method-assign]
 
 
+def _cleanup_without_ack() -> None:
+    """Cleanup drops what this node does not replicate without first handing it to the
+    replicas (as if it trusted hand-off and anti-entropy to have done it)."""
+    def round_(self: Cleanup) -> None:
+        storage = self.ctx.replica.storage
+        for series in self.candidates()[:CLEANUP_SERIES_MAX]:
+            with contextlib.suppress(CountError):
+                storage.drop_series(series, storage.series_stamp(series))
+
+    Cleanup._round = round_  # type: ignore[method-assign]
+
+
 MUTANTS: dict[str, Callable[[], None]] = {
     "ack_before_commit": _ack_before_commit,
     "hint_dropped": _hint_dropped,
     "no_read_repair": _no_read_repair,
     "any_answer_counts": _any_answer_counts,
     "no_catch_up": _no_catch_up,
+    "cleanup_without_ack": _cleanup_without_ack,
 }
 
 

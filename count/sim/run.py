@@ -2,7 +2,8 @@
 
 The workload runs for the whole run; faults happen in its first three quarters and all end
 at the heal; after the workload every node runs anti-entropy (as ``POST /cluster/repair``)
-until a pass finds nothing to repair, then every node reads every series back. ``summary``
+until a pass finds nothing to repair, cleanup deletes what nodes hold but do not replicate,
+then every node reads every series back. ``summary``
 is the line ``python -m count.sim`` prints: the same seed gives the same line.
 """
 
@@ -41,6 +42,7 @@ class Outcome:
         return (f"seed={self.seed} ops={self.ops} acked={c['acked']} lost={c['lost']} "
                 f"maybe={c['maybe']} phantom={c['phantom']} divergent={c['divergent']} "
                 f"stale_reads={c['stale_reads']} errors={c['errors']} hints={c['hints']} "
+                f"leftover={c['leftover']} "
                 f"faults={len(self.faults)} digest={self.digest}")
 
     @property
@@ -83,6 +85,14 @@ def settle(world: World) -> None:
             return
 
 
+def clean_up(world: World, limit_s: float = 60.0) -> None:
+    """Run until no node holds a series it does not replicate (bounded): cleanup's rounds."""
+    deadline = world.now_s + limit_s
+    while world.now_s < deadline and any(
+            n.core is not None and n.core.cleanup.candidates() for n in world.nodes.values()):
+        world.run_until(world.now_s + STEP_S)
+
+
 def final_reads(world: World, workload: Workload) -> list[Read]:
     reads = []
     for node in world.nodes.values():
@@ -122,6 +132,7 @@ def simulate(seed: int, nodes: int = 5, seconds: float = 60.0,
         hand_off(world)
         delivered = handed_off(world, workload, wiped)
         settle(world)
+        clean_up(world)
         reads = final_reads(world, workload)
         verdict = judge(world, workload, reads, wiped)
         verdict.merge(delivered)

@@ -3,7 +3,8 @@
 - "Adding Nodes": node 4 is configured with all four members; the three running nodes are
   restarted one at a time with the four-member CLUSTER_NODES; then node 4 starts. Every node
   must then report ``cluster_size: 4``, no acknowledged point may be lost at any moment, and
-  node 4 must end up holding the series the four-member ring gives it (read it alone).
+  node 4 must end up holding the series the four-member ring gives it (read it alone), and
+  the old replicas must delete what moved away from them (cleanup).
 - "Complete Cluster Failure": every node is SIGKILLed; one node is started on its old data
   and serves what it holds; the others are started one by one; nothing acknowledged is lost.
 
@@ -78,12 +79,21 @@ def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory)
             w.stop()
     assert not _unexpected(log), (_unexpected(log), log.errors[:5])
     cluster.wait_converged()  # node 4 has caught up with every replica peer
+
+    # Cleanup: each old replica deletes the series the new ring moved away from it (and
+    # what it kept as a stand-in during the restarts), once their replicas acknowledged them.
+    ring3, ring = Ring([addr[i] for i in (1, 2, 3)]), Ring([addr[i] for i in (1, 2, 3, 4)])
+    moved = {i: sum(1 for s in log.series_names()
+                    if addr[i] in ring3.replicas(s, 2) and addr[i] not in ring.replicas(s, 2))
+             for i in (1, 2, 3)}
+    assert sum(moved.values()) > 0, moved
+    cluster.wait_until(lambda: all(cluster.stats(i)["cleanup_series_dropped"] >= moved[i]
+                                   for i in (1, 2, 3)), f"old replicas drop {moved}", 60)
     print(verify_all(log, [cluster.node(i) for i in (4, 1, 2, 3)], "after adding node 4"),
           dict(log.statuses))
 
     # The data moved: node 4 alone holds every acknowledged point of the series the
     # four-member ring places on it.
-    ring = Ring([addr[i] for i in (1, 2, 3, 4)])
     on4 = {s for s in log.series_names() if addr[4] in ring.replicas(s, 2)}
     assert on4, "no series placed on node 4"
     lone = cluster.alone(4, sig=signal.SIGTERM)

@@ -37,6 +37,7 @@ def test_hints_survive_a_reopen_and_count_points_per_target(tmp_path: Path):
     taken = dict(again.take("n2", 10))
     assert (taken["a"].min_ts, taken["a"].max_ts, taken["a"].points) == (1, 50, 3)
     assert sorted(again.targets()) == ["n2", "n3"]
+    assert again.hinted_series() == {"a", "b"}
     storage.close(clean=False)
 
 
@@ -49,9 +50,9 @@ def test_delivery_keeps_a_hint_that_grew_meanwhile(tmp_path: Path):
     log.delivered("n2", sent)
     left = dict(log.take("n2", 10))
     assert list(left) == ["a"]  # b was delivered as sent; a has a point the hand-off lacked
-    assert log.pending() == {"n2": 2}
+    assert log.pending() == {"n2": 2} and log.hinted_series() == {"a"}
     log.delivered("n2", log.take("n2", 10))
-    assert log.pending() == {} and log.targets() == []
+    assert log.pending() == {} and log.targets() == [] and log.hinted_series() == set()
     storage.close(clean=False)
     storage = _storage(tmp_path)
     assert HintLog(storage).pending() == {}

@@ -464,3 +464,22 @@ def test_events_follow_the_state_changes_they_report(ops):
         assert m.alive_count() == len(m.alive_members())
         assert all((m.down_since_s(a) is None) == m.alive(a) for a in (B, C)
                    if m.node_id(a) is not None)
+
+
+def test_whole_means_every_member_alive_and_listing_the_same_members():
+    m = membership()
+    assert not m.whole()  # nobody heard yet
+    m.receive(hb(B, 1), 0.5)
+    assert not m.whole()
+    m.receive(hb(C, 1, digest=members_digest((A, B, C, "127.0.0.1:8083"))), 0.5)
+    assert not m.whole()  # C lists another member set
+    m.receive(hb(C, 2), 0.6)
+    assert m.whole()
+    m.receive(hb(B, 2, state="leaving"), 0.7)
+    assert not m.whole()  # B stopped
+    m.receive(hb(B, 1, generation=2000), 0.8)
+    assert m.whole()
+    m.tick(0.8)
+    m.tick(20.0)  # both silent past the failure timeout
+    assert not m.whole()
+    assert membership(members=(A,)).whole()  # a cluster of one is whole
