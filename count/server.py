@@ -28,6 +28,14 @@ log = logging.getLogger("count.server")
 
 NODE_START_TIMEOUT_S = 600
 NODE_STOP_TIMEOUT_S = 600
+HTTP_STOP_TIMEOUT_S = GRACEFUL_TIMEOUT_S + 10
+KILL_WAIT_S = 5  # after SIGKILL of a child that outlived its stop timeout
+# The longest count-server takes to exit after SIGTERM: HTTP, then the node process, each
+# waited for up to its timeout and then killed. A process supervisor's stop timeout
+# (supervisord's stopwaitsecs, systemd's TimeoutStopSec, Docker's stop_grace_period,
+# Kubernetes' terminationGracePeriodSeconds) must be longer, or it may cut a clean stop
+# short; tests/deploy checks the files in compose/ against it.
+STOP_BOUND_S = HTTP_STOP_TIMEOUT_S + KILL_WAIT_S + NODE_STOP_TIMEOUT_S + KILL_WAIT_S
 SUPERVISE_TICK_S = 1.0
 
 
@@ -92,11 +100,11 @@ class Supervisor:
         if child.is_alive():
             log.error("%s did not stop within %.0f s; killing it", child.name, timeout_s)
             child.kill()
-            child.join(5)
+            child.join(KILL_WAIT_S)
 
     def _stop(self, code: int) -> int:
         log.info("Node %s shutting down", self.config.node_id)
-        self._terminate(self.http, GRACEFUL_TIMEOUT_S + 10)
+        self._terminate(self.http, HTTP_STOP_TIMEOUT_S)
         self._terminate(self.node, NODE_STOP_TIMEOUT_S)
         if self.node is not None and self.node.exitcode not in (0, None) and code == 0:
             code = 1
