@@ -3,8 +3,10 @@
 It validates the environment (a bad value exits 2 naming the variable), starts the node
 process, waits until its storage is open, then starts gunicorn with the HTTP workers. Its
 signal handlers only record the signal; the main loop does the work, as gunicorn's arbiter
-does. SIGTERM/SIGINT stop HTTP first (in-flight requests finish), then the node process
-(queued requests answered, buffer flushed, storage compacted) and exit 0. A child that dies
+does. SIGTERM and SIGINT stop HTTP first (in-flight requests finish), then the node process
+(queued requests answered, buffer flushed, storage compacted) and exit 0. The children
+ignore SIGINT (``count/lifecycle.py``), so a Ctrl-C sent to the whole process group stops
+the node exactly as a SIGTERM to this process does. A child that dies
 on its own takes the node down with exit 1, so that a process supervisor restarts it.
 """
 
@@ -21,6 +23,7 @@ from multiprocessing.process import BaseProcess
 from count.cluster.self_address import find_self
 from count.config import Config, ConfigError, load_config
 from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
+from count.lifecycle import children_ignore_sigint
 from count.logfilter import install_log_filter
 from count.node_process import run_node_process
 
@@ -61,7 +64,8 @@ class Supervisor:
         ready = self.ctx.Event()
         self.node = self.ctx.Process(target=run_node_process, name="count-node",
                                      args=(self.config, self.self_address, endpoint, ready))
-        self.node.start()
+        with children_ignore_sigint():
+            self.node.start()
         while not ready.wait(0.2):
             if self.signals:
                 return self._stop(0)
@@ -70,7 +74,8 @@ class Supervisor:
                 return 1
         self.http = self.ctx.Process(target=run_http_server, name="count-http",
                                      args=(self.config, endpoint))
-        self.http.start()
+        with children_ignore_sigint():
+            self.http.start()
         log.info("Node %s serving HTTP on %s (%d workers x %d threads)", self.config.node_id,
                  self.config.bind_address, self.config.http_workers, self.config.http_threads)
         while True:
