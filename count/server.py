@@ -26,6 +26,7 @@ from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
 from count.lifecycle import children_ignore_sigint
 from count.logfilter import install_log_filter
 from count.node_process import run_node_process
+from count.server_args import build_parser
 
 log = logging.getLogger("count.server")
 
@@ -116,7 +117,9 @@ class Supervisor:
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """count-server: --help, --version and --check answer and exit; otherwise run a node."""
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
@@ -127,6 +130,11 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"count-server: configuration error: {exc}\n")
         sys.exit(2)
+    if args.check:
+        sys.stdout.write(f"count-server: configuration valid: node {config.node_id} on "
+                         f"{config.bind_address} ({self_address} in a cluster of "
+                         f"{len(config.members())}), data in {config.data_dir}\n")
+        sys.exit(0)
     install_log_filter(config.log_level, "server")
     try:
         os.makedirs(config.data_dir, exist_ok=True)
