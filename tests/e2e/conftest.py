@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -561,6 +562,30 @@ def series(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path: Path, make_node: NodeFactory) -> Iterator[Path]:
+    """A 3 MiB tmpfs mounted for the test; every node is killed before it is unmounted."""
+    if not is_root():
+        pytest.skip("mounting a tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        make_node.cleanup()
+        result = subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
+
+
 
 
 # The fields of /health the clustering guide shows ("Expected healthy output"); the body
