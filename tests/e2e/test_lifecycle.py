@@ -34,6 +34,18 @@ def assert_json_error(resp: requests.Response, status: int) -> str:
     return body["error"]
 
 
+def assert_503_saying_why(resp: requests.Response) -> str:
+    """A 503 in JSON: an error ``{"error": ...}``, or a probe's body (/health, /ready,
+    /live keep their shape and say why in ``reasons``); returns the message."""
+    if resp.request.path_url.split("?")[0] in ("/health", "/ready", "/live"):
+        assert resp.status_code == 503, (resp.status_code, resp.text[:300])
+        body = resp.json()
+        assert body["status"] in ("unhealthy", "not_ready", "not_live"), body
+        assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("node process: ")
+        return str(body["reasons"][0])
+    return assert_json_error(resp, 503)
+
+
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until none of ``pids`` is alive (zombies count as gone); return the survivors."""
     deadline = time.monotonic() + timeout
@@ -432,13 +444,15 @@ def test_killing_the_node_process_stops_the_server(make_node: NodeFactory) -> No
     owner.send_signal(signal.SIGSTOP)
     try:
         for method, path, kwargs in (
-            ("GET", "/health", {}), ("GET", "/stats", {}), ("GET", "/query/range/nk.s", {}),
+            ("GET", "/health", {}), ("GET", "/ready", {}), ("GET", "/live", {}),
+            ("GET", "/stats", {}),
+            ("GET", "/query/range/nk.s", {}),
             ("POST", "/insert", {"json": {"series": "nk.s", "timestamp": 2, "value": 2.0}}),
         ):
             started = time.monotonic()
             resp = node.request(method, path, timeout=10, **kwargs)
             elapsed = time.monotonic() - started
-            message = assert_json_error(resp, 503)
+            message = assert_503_saying_why(resp)
             assert 0.4 <= elapsed < 3.0, (path, elapsed)
             assert "did not answer" in message or "not accepting" in message, message
 
@@ -494,7 +508,7 @@ def test_requests_right_after_node_process_death_are_503_or_refused(make_node: N
         started = time.monotonic()
         try:
             resp = session.get(node.url("/health"), timeout=10)
-            assert_json_error(resp, 503)
+            assert_503_saying_why(resp)
             outcomes.append(503)
         except requests.ConnectionError:
             if not outcomes or outcomes[-1] != "refused":
