@@ -2,13 +2,16 @@
 
 It speaks the public HTTP API, so it works against any node; the cluster commands (endpoints,
 status, repair) answer from the node asked, as nodetool's do. The node is taken from --url,
-else COUNT_URL, else http://127.0.0.1:8080. Exit status: 0 success, 1 the node answered with
-an error or could not be reached, 2 bad usage.
+else COUNT_URL, else http://127.0.0.1:8080. Output is for people (tables, one line per
+item) unless --json is given (before or after the command): then it is the node's JSON
+reply, unchanged, for scripts. Exit status: 0 success, 1 the node answered with an error,
+could not be reached, or (health, ready, live) is not healthy / ready / live, 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -48,12 +51,65 @@ def _request(base: str, method: str, path: str, body: bytes | None = None,
         raise CliError(f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
 
 
+def _probe(base: str, path: str) -> Any:
+    """GET a probe (/health, /ready, /live): its body on 200 and on 503 alike (a 503 says
+    what is wrong in the same body); CliError if it cannot be had."""
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + path, timeout=TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            body = None
+        if exc.code == 503 and isinstance(body, dict) and "status" in body:
+            return body
+        message = body.get("error", exc.reason) if isinstance(body, dict) else exc.reason
+        raise CliError(f"{exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CliError(f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
+
+
 def _print(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def _number(value: Any) -> str:
+    """A value as JSON writes it (lossless), null as '-'."""
+    return "-" if value is None else json.dumps(value)
+
+
+def format_probe(body: dict[str, Any]) -> str:
+    """A probe's body as a two-column table, reasons one per line."""
+    rows = [(key, "yes" if value is True else "no" if value is False else str(value))
+            for key, value in body.items() if key != "reasons"]
+    text = _table(rows)
+    reasons = body.get("reasons") or []
+    if reasons:
+        text += "reasons:\n" + "".join(f"  - {reason}\n" for reason in reasons)
+    return text
+
+
+def _run_probe(args: argparse.Namespace, path: str, good: tuple[str, ...]) -> None:
+    body = _probe(args.url, path)
+    if args.json:
+        _print(body)
+    else:
+        sys.stdout.write(format_probe(body))
+    if body.get("status") not in good:
+        raise CliError(f"node {body.get('node_id')} is {body.get('status')}")
+
+
 def cmd_health(args: argparse.Namespace) -> None:
-    _print(_request(args.url, "GET", "/health"))
+    _run_probe(args, "/health", ("healthy",))
+
+
+def cmd_ready(args: argparse.Namespace) -> None:
+    _run_probe(args, "/ready", ("ready",))
+
+
+def cmd_live(args: argparse.Namespace) -> None:
+    _run_probe(args, "/live", ("live",))
 
 
 def cmd_insert(args: argparse.Namespace) -> None:
@@ -67,7 +123,12 @@ def cmd_insert(args: argparse.Namespace) -> None:
         timestamp = args.timestamp if args.timestamp is not None else int(time.time() * 1000)
         body = json.dumps({"series": args.series, "timestamp": timestamp,
                            "value": args.value}).encode()
-    _print(_request(args.url, "POST", "/insert", body))
+    reply = _request(args.url, "POST", "/insert", body)
+    if args.json:
+        _print(reply)
+    else:
+        inserted = reply.get("inserted") if isinstance(reply, dict) else None
+        sys.stdout.write(f"inserted {inserted} point{'' if inserted == 1 else 's'}\n")
 
 
 def _range_query(args: argparse.Namespace) -> str:
@@ -75,21 +136,49 @@ def _range_query(args: argparse.Namespace) -> str:
     return urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
 
 
+def _utc(timestamp_ms: Any) -> str:
+    """Unix milliseconds as ISO 8601 UTC, for people ('-' if not a timestamp)."""
+    if not isinstance(timestamp_ms, int):
+        return "-"
+    when = datetime.datetime.fromtimestamp(timestamp_ms / 1000, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{timestamp_ms % 1000:03d}Z"
+
+
+def format_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """Points or buckets as a table: the timestamp, its UTC time, then ``columns``."""
+    table = [("timestamp", "time (UTC)", *columns)]
+    table += [(str(r.get("timestamp")), _utc(r.get("timestamp")),
+               *(_number(r.get(c)) for c in columns)) for r in rows]
+    return _table(table) + f"({len(rows)} row{'' if len(rows) == 1 else 's'})\n"
+
+
 def cmd_query(args: argparse.Namespace) -> None:
     series = urllib.parse.quote(args.series, safe="/:")
     query = _range_query(args)
     if args.aggregation is None:
-        _print(_request(args.url, "GET", f"/query/range/{series}?{query}"))
-        return
-    query += f"&aggregation={urllib.parse.quote(args.aggregation)}"
-    if args.interval is not None:
-        query += f"&interval={args.interval}"
-    _print(_request(args.url, "GET", f"/query/aggregated/{series}?{query}"))
+        reply = _request(args.url, "GET", f"/query/range/{series}?{query}")
+        columns: tuple[str, ...] = ("value",)
+    else:
+        query += f"&aggregation={urllib.parse.quote(args.aggregation)}"
+        if args.interval is not None:
+            query += f"&interval={args.interval}"
+        reply = _request(args.url, "GET", f"/query/aggregated/{series}?{query}")
+        columns = ("value", "count")
+    if args.json:
+        _print(reply)
+    elif isinstance(reply, list):
+        sys.stdout.write(format_rows(reply, columns))
+    else:  # one aggregate over the whole range
+        sys.stdout.write(f"{args.aggregation}: {_number(reply)}\n")
 
 
 def cmd_series(args: argparse.Namespace) -> None:
     query = urllib.parse.urlencode({"prefix": args.prefix, "limit": args.limit})
-    _print(_request(args.url, "GET", f"/series?{query}"))
+    names = _request(args.url, "GET", f"/series?{query}")
+    if args.json:
+        _print(names)
+    else:
+        sys.stdout.write("".join(f"{name}\n" for name in names))
 
 
 def cmd_endpoints(args: argparse.Namespace) -> None:
@@ -186,37 +275,52 @@ def cmd_repair(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="count", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("COUNT_URL", DEFAULT_URL),
+    parser = argparse.ArgumentParser(prog="count", description=__doc__.splitlines()[0],
+                                     epilog="exit status: 0 success; 1 the node answered with "
+                                            "an error, could not be reached, or is not "
+                                            "healthy/ready/live; 2 bad usage")
+    parser.add_argument("--url", default=os.environ.get("COUNT_URL") or DEFAULT_URL,
                         help=f"node to talk to (default: $COUNT_URL or {DEFAULT_URL})")
+    parser.add_argument("--json", action="store_true",
+                        help="print the node's JSON reply (for scripts) instead of a table")
+    # --json after the command too; SUPPRESS keeps a --json given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the node's JSON reply (for scripts) instead of a table")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("health", help="show the node's health").set_defaults(run=cmd_health)
-    insert = sub.add_parser("insert", help="insert a point, or a JSON file of points")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common])
+
+    command("health", "the node's health: exit 0 healthy, 1 degraded or unhealthy"
+            ).set_defaults(run=cmd_health)
+    command("ready", "whether the node would take a write now: exit 0 ready, 1 not"
+            ).set_defaults(run=cmd_ready)
+    command("live", "whether the node serves and its node process answers: exit 0 or 1"
+            ).set_defaults(run=cmd_live)
+    insert = command("insert", "insert a point, or a JSON file of points")
     insert.add_argument("series", nargs="?")
     insert.add_argument("value", nargs="?", type=float)
     insert.add_argument("--timestamp", type=int, help="Unix ms (default: now)")
     insert.add_argument("--file", help="JSON point or array of points; '-' for stdin")
     insert.set_defaults(run=cmd_insert)
-    query = sub.add_parser("query", help="read a range, or an aggregate with --aggregation")
+    query = command("query", "read a range, or an aggregate with --aggregation")
     query.add_argument("series")
     query.add_argument("--start", type=int)
     query.add_argument("--end", type=int)
     query.add_argument("--aggregation", choices=("sum", "mean", "avg", "min", "max", "count"))
     query.add_argument("--interval", type=int, help="bucket width in ms (with --aggregation)")
     query.set_defaults(run=cmd_query)
-    series = sub.add_parser("series", help="list series names")
+    series = command("series", "list series names")
     series.add_argument("--prefix", default="")
     series.add_argument("--limit", type=int, default=1000)
     series.set_defaults(run=cmd_series)
-    endpoints = sub.add_parser("endpoints", help="the nodes that hold a series (cluster)")
+    endpoints = command("endpoints", "the nodes that hold a series (cluster)")
     endpoints.add_argument("series")
-    endpoints.add_argument("--json", action="store_true", help="print the node's JSON reply")
     endpoints.set_defaults(run=cmd_endpoints)
-    status = sub.add_parser("status", help="the cluster's members, as this node sees them")
-    status.add_argument("--json", action="store_true", help="print the node's JSON reply")
+    status = command("status", "the cluster's members, as this node sees them")
     status.set_defaults(run=cmd_status)
-    repair = sub.add_parser("repair", help="run an anti-entropy round now; exit 1 on errors")
-    repair.add_argument("--json", action="store_true", help="print the node's JSON report")
+    repair = command("repair", "run an anti-entropy round now; exit 1 on errors")
     repair.set_defaults(run=cmd_repair)
     return parser
 

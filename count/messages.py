@@ -7,7 +7,8 @@ anything malformed, so that bad input from a worker or a peer is refused at the 
 never reaches the code that acts on it). The node dispatches on the class, never on strings.
 
     client operations (worker -> node):  Insert, ReadRange, Aggregate, ListSeries, Health,
-                                          Stats, Endpoints, ClusterStatus, Repair
+                                          Readiness, Live, Stats, Endpoints, ClusterStatus,
+                                          Repair
     peer operations (node -> node):       ReplicaWrite, ReplicaRead, ReplicaSeries,
                                           DigestRanges, DigestSeries, BucketPoints
 
@@ -228,7 +229,23 @@ class _NoArgs(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Health(_NoArgs):
+    """healthy, degraded or unhealthy, and why (``count/cluster/health.py``)."""
+
     TAG: ClassVar[str] = "health"
+
+
+@dataclasses.dataclass(frozen=True)
+class Readiness(_NoArgs):
+    """Whether this node would take a write now, and why not."""
+
+    TAG: ClassVar[str] = "ready"
+
+
+@dataclasses.dataclass(frozen=True)
+class Live(_NoArgs):
+    """The cheapest answer the node process gives: it is running its loop."""
+
+    TAG: ClassVar[str] = "live"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +379,8 @@ def _catalogue(*classes: type[Message]) -> dict[str, type[Message]]:
     return tags
 
 
-CLIENT_OPERATIONS = _catalogue(Insert, ReadRange, Aggregate, ListSeries, Health, Stats,
-                               Endpoints, ClusterStatus, Repair)
+CLIENT_OPERATIONS = _catalogue(Insert, ReadRange, Aggregate, ListSeries, Health, Readiness,
+                               Live, Stats, Endpoints, ClusterStatus, Repair)
 PEER_OPERATIONS = _catalogue(ReplicaWrite, ReplicaRead, ReplicaSeries, DigestRanges,
                              DigestSeries, BucketPoints)
 

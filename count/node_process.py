@@ -26,7 +26,7 @@ from count.cluster.peer_server import PeerServer
 from count.cluster.peer_socket import PeerSocket
 from count.cluster.self_address import bind_endpoint, peer_endpoint
 from count.config import Config, parse_host_port
-from count.lifecycle import die_with_parent
+from count.lifecycle import child_ignores_sigint, die_with_parent
 from count.logfilter import install_log_filter
 from count.replica import LocalReplica
 from count.storage.engine import Storage
@@ -137,6 +137,7 @@ class NodeLoop:
 def run_node_process(config: Config, self_address: str, endpoint: str, ready: Event) -> None:
     """Open storage, serve until SIGTERM, then say goodbye to peers, flush, compact, close."""
     die_with_parent()
+    child_ignores_sigint()  # the supervisor stops this process, with SIGTERM
     install_log_filter(config.log_level, "node")
     clock = SystemClock()
     storage = Storage(
@@ -152,7 +153,6 @@ def run_node_process(config: Config, self_address: str, endpoint: str, ready: Ev
         loop.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     if config.cluster_enabled:
         log.info("Node %s joining the cluster as %s (%d members, replication factor %d)",
                  config.node_id, self_address, len(config.members()), config.replication_factor)

@@ -12,7 +12,7 @@ from typing import Any
 
 from count.clock import Clock
 from count.config import Config
-from count.errors import CountError
+from count.errors import CountError, DiskFull
 from count.failsafe import survive
 from count.storage.engine import SEGMENTS_MAX, Storage
 from count.storage.merge import Columns
@@ -37,6 +37,10 @@ class LocalReplica:
         self.clock = VersionClock(node_tag(config.node_id), clock.wall_ms)
         self.clock.observe(storage.version_high)
         self._flush_blocked_until = 0.0
+        # Why the last commit failed for want of room (507), until a commit or a write
+        # probe succeeds; with the storage's own flush state, what /health reports.
+        self.write_failure: str | None = None
+        self._probe_at = 0.0
         self.commits = 0
         self.points_written = 0
 
@@ -45,15 +49,38 @@ class LocalReplica:
         try:
             self.storage.write(writes)
         except CountError as exc:
+            if exc.status == DiskFull.status:
+                self._write_failed(str(exc))
             return exc.status, str(exc)
         except Exception:
             survive(log, "Write of %d requests failed", len(writes))
             return 500, "internal error while writing; see the node's log"
+        self._writable_again("a write succeeded")
         self.commits += 1
         self.points_written += sum(len(w.ts) for w in writes)
         for w in writes:
             self.clock.observe(w.version_max())
         return 201, None
+
+    def storage_problem(self) -> str | None:
+        """Why this replica cannot take a write now (disk full), or None if it can."""
+        if self.write_failure is not None:
+            return f"storage is not writable: the last write failed: {self.write_failure}"
+        if self.storage.flush_failing:
+            return ("storage is not writable: flushing the memory buffer to disk fails "
+                    "(disk full?); writes are refused once the buffer fills")
+        return None
+
+    def _write_failed(self, message: str) -> None:
+        if self.write_failure is None:
+            log.error("Storage not writable: %s", message)
+        self.write_failure = message
+        self._probe_at = self.time.monotonic_s() + FLUSH_RETRY_S
+
+    def _writable_again(self, why: str) -> None:
+        if self.write_failure is not None:
+            log.info("Storage writable again: %s", why)
+            self.write_failure = None
 
     def read(self, series: str, start: int, end: int) -> Columns:
         """Every point of a series in [start, end] with its write version (CountError if bad)."""
@@ -85,6 +112,13 @@ class LocalReplica:
     def _maintain(self, idle: bool) -> bool:
         storage = self.storage
         now = self.time.monotonic_s()
+        if self.write_failure is not None and now >= self._probe_at:
+            try:
+                storage.probe_writable()
+            except CountError as exc:
+                self._write_failed(str(exc))
+            else:
+                self._writable_again("a write probe succeeded")
         if storage.flush_due() and now >= self._flush_blocked_until:
             try:
                 storage.flush()
@@ -111,8 +145,13 @@ class LocalReplica:
         return storage.compaction is not None
 
     def next_wakeup_s(self) -> float | None:
-        """Seconds until background work is due (a flush), or None if nothing is pending."""
-        wake = self.storage.seconds_to_flush()
-        if wake is None:
-            return None
-        return max(wake, self._flush_blocked_until - self.time.monotonic_s(), 0.0)
+        """Seconds until background work is due (a flush, a write probe), or None if nothing
+        is pending."""
+        now = self.time.monotonic_s()
+        wakes = []
+        flush = self.storage.seconds_to_flush()
+        if flush is not None:
+            wakes.append(max(flush, self._flush_blocked_until - now, 0.0))
+        if self.write_failure is not None:
+            wakes.append(max(self._probe_at - now, 0.0))
+        return min(wakes) if wakes else None

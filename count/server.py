@@ -3,8 +3,10 @@
 It validates the environment (a bad value exits 2 naming the variable), starts the node
 process, waits until its storage is open, then starts gunicorn with the HTTP workers. Its
 signal handlers only record the signal; the main loop does the work, as gunicorn's arbiter
-does. SIGTERM/SIGINT stop HTTP first (in-flight requests finish), then the node process
-(queued requests answered, buffer flushed, storage compacted) and exit 0. A child that dies
+does. SIGTERM and SIGINT stop HTTP first (in-flight requests finish), then the node process
+(queued requests answered, buffer flushed, storage compacted) and exit 0. The children
+ignore SIGINT (``count/lifecycle.py``), so a Ctrl-C sent to the whole process group stops
+the node exactly as a SIGTERM to this process does. A child that dies
 on its own takes the node down with exit 1, so that a process supervisor restarts it.
 """
 
@@ -21,8 +23,10 @@ from multiprocessing.process import BaseProcess
 from count.cluster.self_address import find_self
 from count.config import Config, ConfigError, load_config
 from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
+from count.lifecycle import children_ignore_sigint
 from count.logfilter import install_log_filter
 from count.node_process import run_node_process
+from count.server_args import build_parser
 
 log = logging.getLogger("count.server")
 
@@ -69,7 +73,8 @@ class Supervisor:
         ready = self.ctx.Event()
         self.node = self.ctx.Process(target=run_node_process, name="count-node",
                                      args=(self.config, self.self_address, endpoint, ready))
-        self.node.start()
+        with children_ignore_sigint():
+            self.node.start()
         while not ready.wait(0.2):
             if self.signals:
                 return self._stop(0)
@@ -78,7 +83,8 @@ class Supervisor:
                 return 1
         self.http = self.ctx.Process(target=run_http_server, name="count-http",
                                      args=(self.config, endpoint))
-        self.http.start()
+        with children_ignore_sigint():
+            self.http.start()
         log.info("Node %s serving HTTP on %s (%d workers x %d threads)", self.config.node_id,
                  self.config.bind_address, self.config.http_workers, self.config.http_threads)
         while True:
@@ -119,7 +125,9 @@ class Supervisor:
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """count-server: --help, --version and --check answer and exit; otherwise run a node."""
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
@@ -130,6 +138,11 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"count-server: configuration error: {exc}\n")
         sys.exit(2)
+    if args.check:
+        sys.stdout.write(f"count-server: configuration valid: node {config.node_id} on "
+                         f"{config.bind_address} ({self_address} in a cluster of "
+                         f"{len(config.members())}), data in {config.data_dir}\n")
+        sys.exit(0)
     install_log_filter(config.log_level, "server")
     try:
         os.makedirs(config.data_dir, exist_ok=True)

@@ -1,15 +1,20 @@
-"""What a node says about itself and the cluster: /health, /stats, /cluster/endpoints,
-/cluster/status, and the load its heartbeat carries."""
+"""What a node says about itself and the cluster: /health, /ready, /live, /stats,
+/cluster/endpoints, /cluster/status, and the load its heartbeat carries."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from count.cluster import health
 from count.cluster.antientropy import AntiEntropy
 from count.cluster.catchup import CatchUp
 from count.cluster.context import NodeContext
 from count.cluster.placement import Placement
-from count.messages import ClusterStatus, Endpoints, Health, Reply, Stats
+from count.messages import ClusterStatus, Endpoints, Health, Live, Readiness, Reply, Stats
+
+
+def _label(name: int | str, address: str) -> str:
+    return f"the node at {address}" if name == address else f"node {name} ({address})"
 
 
 class Status:
@@ -26,10 +31,33 @@ class Status:
         return {"points": storage.points_estimate(), "bytes": storage.file_bytes(),
                 "hints": self.ctx.hints.pending()}
 
+    def node_state(self) -> health.NodeState:
+        """What /health and /ready judge: liveness of the members, storage, catching up."""
+        ctx = self.ctx
+        membership = ctx.membership
+        down = tuple(_label(ctx.name_of(m), m) for m in membership.members
+                     if not membership.alive(m))
+        return health.NodeState(alive=membership.alive_count(), members=membership.size,
+                                down=down, storage_problem=ctx.replica.storage_problem(),
+                                syncing=self.catchup.syncing)
+
+    def _body(self, state: health.NodeState, judgement: health.Judgement) -> dict[str, Any]:
+        return {"status": judgement.status, "node_id": self.ctx.config.node_id,
+                "cluster_size": state.alive, "members": state.members,
+                "storage": "ok" if state.storage_problem is None else "failing",
+                "syncing": state.syncing, "reasons": list(judgement.reasons)}
+
     def health(self, msg: Health, reply: Reply) -> None:
-        membership = self.ctx.membership
-        reply(200, {"status": membership.health(), "node_id": self.ctx.config.node_id,
-                    "cluster_size": membership.alive_count()})
+        """Always answered 200 by the node; the HTTP front makes ``unhealthy`` a 503."""
+        state = self.node_state()
+        reply(200, self._body(state, health.health(state)))
+
+    def readiness(self, msg: Readiness, reply: Reply) -> None:
+        state = self.node_state()
+        reply(200, self._body(state, health.readiness(state)))
+
+    def live(self, msg: Live, reply: Reply) -> None:
+        reply(200, {"status": "live", "node_id": self.ctx.config.node_id})
 
     def stats(self, msg: Stats, reply: Reply) -> None:
         ctx = self.ctx

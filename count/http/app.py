@@ -22,6 +22,8 @@ def create_app(config: Config, client: NodeClient) -> falcon.App[falcon.Request,
     app.add_route("/query/aggregated/{series:path}", resources.AggregatedQuery(*args))
     app.add_route("/series", resources.SeriesList(*args))
     app.add_route("/health", resources.Health(*args))
+    app.add_route("/ready", resources.Ready(*args))
+    app.add_route("/live", resources.Live(*args))
     app.add_route("/stats", resources.Stats(*args))
     app.add_route("/cluster/endpoints/{series:path}", resources.Endpoints(*args))
     app.add_route("/cluster/status", resources.ClusterStatus(*args))

@@ -11,7 +11,7 @@ import orjson
 from count import messages as op
 from count.broker.client import NodeClient
 from count.config import Config
-from count.errors import BadRequest, PayloadTooLarge
+from count.errors import BadRequest, CountError, PayloadTooLarge
 from count.http.jsonout import render_objects, render_points
 from count.http.points import check_series_name, parse_points
 from count.storage.writes import TIMESTAMP_MAX_MS
@@ -62,6 +62,8 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
 
 
 CONSISTENCY_HEADER = "X-Count-Consistency"
+# GET /live waits at most this long for the node process (less if REQUEST_TIMEOUT_MS is).
+LIVE_TIMEOUT_MS = 1000
 # POST /cluster/repair waits for a whole anti-entropy round; bounded all the same.
 REPAIR_TIMEOUT_MS = 600_000
 
@@ -134,9 +136,52 @@ class SeriesList(Base):
         _json(resp, self.client.call(op.ListSeries(prefix, limit)))
 
 
-class Health(Base):
+class _Probe(Base):
+    """A probe (/health, /ready, /live): 200 or 503 with the same JSON body, which says why.
+
+    The node judges (``count/cluster/health.py``); this only maps its verdict to a status.
+    When the node process does not answer, the body has the same shape, with the reason.
+    """
+
+    OPERATION: type[op.Message]
+    FAILED: str  # the status a node process that does not answer gets
+    OK: tuple[str, ...]  # the statuses answered with 200
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, self.client.call(op.Health()))
+        try:
+            body = self.client.call(self.OPERATION(), timeout_ms=self.timeout_ms())
+        except CountError as exc:
+            body = {"status": self.FAILED, "node_id": self.config.node_id,
+                    "reasons": [f"node process: {exc}"]}
+        _json(resp, body, falcon.HTTP_200 if body.get("status") in self.OK else falcon.HTTP_503)
+
+    def timeout_ms(self) -> int | None:
+        return None
+
+
+class Health(_Probe):
+    OPERATION = op.Health
+    FAILED = "unhealthy"
+    OK = ("healthy", "degraded")
+
+
+class Ready(_Probe):
+    OPERATION = op.Readiness
+    FAILED = "not_ready"
+    OK = ("ready",)
+
+
+class Live(_Probe):
+    """Cheap: the node process answers from its loop with no work at all; the deadline is
+    at most LIVE_TIMEOUT_MS, so that a liveness probe (Kubernetes' default timeout is 1 s)
+    fails on a stuck node rather than hanging with it."""
+
+    OPERATION = op.Live
+    FAILED = "not_live"
+    OK = ("live",)
+
+    def timeout_ms(self) -> int | None:
+        return min(self.config.request_timeout_ms, LIVE_TIMEOUT_MS)
 
 
 class Stats(Base):

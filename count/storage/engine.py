@@ -61,7 +61,10 @@ BUFFER_LIMIT_FACTOR = 4
 COMPACT_COPY_FREE_RATIO = 0.10
 _COMPACT_DIR = "compact.tmp"
 # The engine's own meta records; the layers above name theirs otherwise.
-_ENGINE_META = (b"version_high", b"wal_generation")
+_ENGINE_META = (b"version_high", b"wal_generation", b"write_probe")
+# A write probe checks that the WAL has room for a record this large (a 10,000-point batch
+# is about 250 KiB in the WAL).
+PROBE_WAL_BYTES = 256 << 10
 
 
 def _meta_key(name: str) -> bytes:
@@ -93,6 +96,7 @@ class Storage:
         self.block_cache = BlockCache()
         self.flushes = 0
         self.flush_failing = False
+        self._probes = 0
         self._sids: dict[str, int] = {}
         self._names: list[str] = []
         # Ids of dropped series: their ids are never reused, and points of theirs still in
@@ -199,6 +203,22 @@ class Storage:
         if self._next_sid > len(self._stamps):
             self._stamps = np.resize(self._stamps, max(self._next_sid, 2 * len(self._stamps)))
         self._stamps[sid] = self._writes
+
+    def probe_writable(self) -> None:
+        """Check that a write could be stored now, storing nothing a read sees: room for a
+        WAL record and one durable LMDB commit (of a probe counter). DiskFull if not.
+
+        Used after a write failed, so that a node that refused a write (and then gets
+        none, e.g. because a load balancer took it out) learns when the disk has room again.
+        """
+        try:
+            self.wal.reserve(PROBE_WAL_BYTES)
+        except OSError as exc:
+            raise DiskFull(f"disk full: no room for the write-ahead log under {self.path} "
+                           f"({exc.strerror or exc})") from None
+        self._probes += 1
+        probe = keys.seq_key(self._probes)
+        self.transact(lambda txn: txn.put(b"write_probe", probe, db=self.db["meta"]))
 
     def flush_due(self) -> bool:
         if len(self.buffer) >= self.buffer_points:

@@ -106,6 +106,12 @@ class WriteAheadLog:
         self._offset = end
         self.appends += 1
 
+    def reserve(self, nbytes: int) -> None:
+        """Make sure the next ``nbytes`` of records have room on disk (OSError if not)."""
+        end = self._offset + nbytes
+        if end > self._allocated:
+            self._grow(end)
+
     def _grow(self, end: int) -> None:
         """Preallocate past ``end``: a whole step, or just ``end`` when the disk is nearly full."""
         step = -(-end // GROWTH_BYTES) * GROWTH_BYTES

@@ -166,9 +166,12 @@ class Cluster:
     # -- membership waits ----------------------------------------------------------------
 
     def health(self, i: int) -> dict[str, Any]:
+        """Node ``i``'s /health body: 200 unless it is unhealthy, then 503 (same body)."""
         resp = self.nodes[i].get("/health", timeout=5)
-        assert resp.status_code == 200, (resp.status_code, resp.text[:300])
-        return resp.json()
+        body = resp.json()
+        expected = 503 if body.get("status") == "unhealthy" else 200
+        assert resp.status_code == expected, (resp.status_code, resp.text[:300])
+        return body
 
     def status(self, i: int) -> dict[str, Any]:
         resp = self.nodes[i].get("/cluster/status", timeout=5)

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -207,14 +208,16 @@ class CountNode:
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> CountNode:
-        """Wait until GET /health answers 200; fail early if the server exits."""
+        """Wait until GET /live answers 200 (HTTP serves and the node process answers); fail
+        early if the server exits. Not /health: a cluster node that sees fewer than a
+        majority of its members (its peers still starting) is unhealthy, a 503."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
                 raise NodeError(f"{self.name} exited with {self.proc.returncode} while starting"
                                 f"\n{self.log_tail()}")
             try:
-                resp = requests.get(self.url("/health"), timeout=1.0)
+                resp = requests.get(self.url("/live"), timeout=1.0)
                 if resp.status_code == 200:
                     return self
             except requests.RequestException:
@@ -559,3 +562,35 @@ def series(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path: Path, make_node: NodeFactory) -> Iterator[Path]:
+    """A 3 MiB tmpfs mounted for the test; every node is killed before it is unmounted."""
+    if not is_root():
+        pytest.skip("mounting a tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        make_node.cleanup()
+        result = subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
+
+
+# The fields of /health the clustering guide shows ("Expected healthy output"); the body
+# has more (members, storage, syncing, reasons).
+GUIDE_HEALTH_FIELDS = ("status", "node_id", "cluster_size")
+
+
+def guide_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The guide's fields of a /health body (KeyError if one is missing)."""
+    return {name: body[name] for name in GUIDE_HEALTH_FIELDS}

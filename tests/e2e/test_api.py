@@ -110,7 +110,17 @@ def test_health(api: CountNode) -> None:
     resp = api.get("/health")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("application/json")
-    assert resp.json() == {"status": "healthy", "node_id": 1, "cluster_size": 1}
+    assert resp.json() == {"status": "healthy", "node_id": 1, "cluster_size": 1, "members": 1,
+                           "storage": "ok", "syncing": False, "reasons": []}
+
+
+def test_ready_and_live(api: CountNode) -> None:
+    ready = api.get("/ready")
+    assert ready.status_code == 200 and ready.headers["content-type"].startswith("application/json")
+    assert ready.json() == {"status": "ready", "node_id": 1, "cluster_size": 1, "members": 1,
+                            "storage": "ok", "syncing": False, "reasons": []}
+    live = api.get("/live")
+    assert live.status_code == 200 and live.json() == {"status": "live", "node_id": 1}
 
 
 def test_stats_counters(api: CountNode, series) -> None:
@@ -600,7 +610,7 @@ def test_chunked_oversize_body_is_413(api: CountNode) -> None:
 
 # -- routes and methods --------------------------------------------------------------------
 
-ROUTES = ["/insert", "/health", "/stats", "/series", "/query/range/a", "/query/aggregated/a"]
+ROUTES = ["/insert", "/health", "/ready", "/live", "/stats", "/series", "/query/range/a", "/query/aggregated/a"]
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import CountNode, NodeFactory, is_root
+from tests.e2e.conftest import CountNode, NodeFactory, guide_fields
 from tests.e2e.workload import Batch, PointLog, Writers
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,6 +32,18 @@ def assert_json_error(resp: requests.Response, status: int) -> str:
     body = resp.json()
     assert isinstance(body, dict) and set(body) == {"error"} and body["error"], body
     return body["error"]
+
+
+def assert_503_saying_why(resp: requests.Response) -> str:
+    """A 503 in JSON: an error ``{"error": ...}``, or a probe's body (/health, /ready,
+    /live keep their shape and say why in ``reasons``); returns the message."""
+    if resp.request.path_url.split("?")[0] in ("/health", "/ready", "/live"):
+        assert resp.status_code == 503, (resp.status_code, resp.text[:300])
+        body = resp.json()
+        assert body["status"] in ("unhealthy", "not_ready", "not_live"), body
+        assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("node process: ")
+        return str(body["reasons"][0])
+    return assert_json_error(resp, 503)
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -144,10 +155,10 @@ def test_node_id_name_and_number(make_node: NodeFactory) -> None:
     numbered.start()
     named.wait_ready()
     numbered.wait_ready()
-    assert named.get("/health").json() == {"status": "healthy", "node_id": "count-cluster-2",
-                                           "cluster_size": 1}
+    assert guide_fields(named.get("/health").json()) == {
+        "status": "healthy", "node_id": "count-cluster-2", "cluster_size": 1}
     body = numbered.get("/health").json()
-    assert body == {"status": "healthy", "node_id": 7, "cluster_size": 1}
+    assert guide_fields(body) == {"status": "healthy", "node_id": 7, "cluster_size": 1}
     assert type(body["node_id"]) is int
     assert f"Node count-cluster-2 serving HTTP on {named.address} (3 workers x 4 threads)" in named.log
     # (workers boot one after another; /health answers once the first one is up)
@@ -433,13 +444,15 @@ def test_killing_the_node_process_stops_the_server(make_node: NodeFactory) -> No
     owner.send_signal(signal.SIGSTOP)
     try:
         for method, path, kwargs in (
-            ("GET", "/health", {}), ("GET", "/stats", {}), ("GET", "/query/range/nk.s", {}),
+            ("GET", "/health", {}), ("GET", "/ready", {}), ("GET", "/live", {}),
+            ("GET", "/stats", {}),
+            ("GET", "/query/range/nk.s", {}),
             ("POST", "/insert", {"json": {"series": "nk.s", "timestamp": 2, "value": 2.0}}),
         ):
             started = time.monotonic()
             resp = node.request(method, path, timeout=10, **kwargs)
             elapsed = time.monotonic() - started
-            message = assert_json_error(resp, 503)
+            message = assert_503_saying_why(resp)
             assert 0.4 <= elapsed < 3.0, (path, elapsed)
             assert "did not answer" in message or "not accepting" in message, message
 
@@ -495,7 +508,7 @@ def test_requests_right_after_node_process_death_are_503_or_refused(make_node: N
         started = time.monotonic()
         try:
             resp = session.get(node.url("/health"), timeout=10)
-            assert_json_error(resp, 503)
+            assert_503_saying_why(resp)
             outcomes.append(503)
         except requests.ConnectionError:
             if not outcomes or outcomes[-1] != "refused":
@@ -526,28 +539,6 @@ def test_supervisor_death_takes_its_children_down(node: CountNode) -> None:
 # -- storage limits ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tmpfs_dir(tmp_path: Path, make_node: NodeFactory):
-    """A 3 MiB tmpfs mounted for the test; every node is killed before it is unmounted."""
-    if not is_root():
-        pytest.skip("mounting a tmpfs needs root")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mountpoint = tmp_path / "tmpfs"
-    mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
-                            capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        make_node.cleanup()
-        result = subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
-        if result.returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
-
-
 def test_full_disk_gives_507_and_keeps_serving_reads(make_node: NodeFactory, tmpfs_dir: Path) -> None:
     node = make_node({"MEMORY_BUFFER_SIZE": "2000", "REQUEST_TIMEOUT_MS": "3000"},
                      data_dir=tmpfs_dir)
@@ -572,6 +563,11 @@ def test_full_disk_gives_507_and_keeps_serving_reads(make_node: NodeFactory, tmp
     assert statuses[-1] == 507, (statuses[-3:], body, node.log_tail())
     message = orjson.loads(body)["error"]
     assert "disk full" in message.lower()
+    # A probe sees it: /health and /ready are 503 naming the storage (test_health.py
+    # follows the recovery once space returns).
+    health = node.get("/health")
+    assert health.status_code == 503 and health.json()["storage"] == "failing", health.text
+    assert any("storage is not writable" in r for r in health.json()["reasons"]), health.text
     refused = batch  # nothing of a refused write is stored
     assert node.range(refused[0]["series"], start=refused[0]["timestamp"],
                       end=refused[-1]["timestamp"]) == []
@@ -579,7 +575,7 @@ def test_full_disk_gives_507_and_keeps_serving_reads(make_node: NodeFactory, tmp
     # background flush has retried for a while).
     time.sleep(2.5)
     assert node.running()
-    assert node.get("/health").json()["status"] == "healthy"
+    assert node.get("/live").status_code == 200
     assert node.stats()["series"] >= 2
     assert node.range("full.kept") == [{"timestamp": p["timestamp"], "value": p["value"]} for p in first]
     assert node.aggregate("full.kept", "count") == 500

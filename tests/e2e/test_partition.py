@@ -122,13 +122,15 @@ class Cluster:
         self.net.destroy()
 
     def health(self) -> dict[int, dict[str, Any]]:
-        """Every node's /health ({"error": ...} when it did not answer)."""
+        """Every node's /health ({"error": ...} when it did not answer, or answered with a
+        status that does not match its body: 503 is for unhealthy alone)."""
         views = {}
         for i, node in self.nodes.items():
             try:
                 resp = node.get("/health", timeout=HEALTH_TIMEOUT_S)
-                views[i] = resp.json() if resp.status_code == 200 else {
-                    "error": f"{resp.status_code} {resp.text[:200]}"}
+                body = resp.json()
+                ok = resp.status_code == (503 if body.get("status") == "unhealthy" else 200)
+                views[i] = body if ok else {"error": f"{resp.status_code} {resp.text[:200]}"}
             except (requests.RequestException, ValueError) as exc:
                 views[i] = {"error": f"{type(exc).__name__}: {exc}"}
         return views

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -314,6 +315,12 @@ def test_settings_table_lists_every_setting():
         else:
             assert cells[2] == ""
         assert cells[3] == setting.doc
+
+
+def test_the_readme_holds_the_generated_settings_table():
+    """README.md's settings table is `python -m count.config`'s output, unchanged."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README's table: python -m count.config"
 
 
 def test_settings_table_shows_ranges_and_defaults():
