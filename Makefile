@@ -19,9 +19,10 @@ run: $(STAMP)
 	$(BIN)/count-server
 
 # Everything: unit, simulation and end-to-end tests, with the simulation's seeds running
-# beside them (the end-to-end tests mostly wait on real time, so the cores are free).
+# beside them at a lower priority (the end-to-end tests mostly wait on real time, so the
+# seeds take the idle cores without slowing the real processes the tests start).
 test: $(STAMP)
-	@$(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS) > .sim-seeds.log 2>&1 & \
+	@nice -n 10 $(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS) > .sim-seeds.log 2>&1 & \
 	sim=$$!; \
 	$(BIN)/python -m pytest -q; tests=$$?; \
 	wait $$sim; seeds=$$?; \
