@@ -5,6 +5,9 @@
   must then report ``cluster_size: 4``, no acknowledged point may be lost at any moment, and
   node 4 must end up holding the series the four-member ring gives it (read it alone), and
   the old replicas must delete what moved away from them (cleanup).
+- "Removing Nodes", graceful removal: writes stop going to node 3; the others are restarted
+  one at a time with node 3 left out of CLUSTER_NODES; node 3 is stopped. Anti-entropy
+  then gives every series its replication factor on the remaining nodes (each read alone).
 - "Complete Cluster Failure": every node is SIGKILLed; one node is started on its old data
   and serves what it holds; the others are started one by one; nothing acknowledged is lost.
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from count.cluster.ring import Ring
+from tests.e2e.conftest import CountNode
 from tests.e2e.workload import PointLog, Writers, load_batch, verify_all
 
 if TYPE_CHECKING:
@@ -39,6 +43,17 @@ def _writers(cluster: Cluster, log: PointLog, ids: list[int], prefix: str) -> li
 def _acked_grows(cluster: Cluster, log: PointLog, by: int, what: str) -> None:
     target = log.statuses[201] + by
     cluster.wait_until(lambda: log.statuses[201] >= target, what, 60)
+
+
+def _holds_every_acked(node: CountNode, log: PointLog, names: set[str], what: str) -> None:
+    """``node`` (alone: it answers from its own storage) holds every acknowledged point of
+    the series ``names``."""
+    assert names, f"{what}: no series to check"
+    for name in sorted(names):
+        got = {p["timestamp"] for p in node.range(name)}
+        acked = {ts for (s, ts), attempts in log.attempts.items()
+                 if s == name and any(o == "ack" for _, o in attempts)}
+        assert acked <= got, (what, name, len(acked - got), "acknowledged points missing")
 
 
 def _unexpected(log: PointLog) -> dict[object, int]:
@@ -95,13 +110,7 @@ def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory)
     # The data moved: node 4 alone holds every acknowledged point of the series the
     # four-member ring places on it.
     on4 = {s for s in log.series_names() if addr[4] in ring.replicas(s, 2)}
-    assert on4, "no series placed on node 4"
-    lone = cluster.alone(4, sig=signal.SIGTERM)
-    for name in sorted(on4):
-        got = {p["timestamp"]: p["value"] for p in lone.range(name)}
-        acked = {ts for (s, ts), attempts in log.attempts.items()
-                 if s == name and any(o == "ack" for _, o in attempts)}
-        assert acked <= set(got), (name, len(acked - set(got)), "acknowledged points missing")
+    _holds_every_acked(cluster.alone(4, sig=signal.SIGTERM), log, on4, "node 4 alone")
 
 
 def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None:
@@ -126,11 +135,7 @@ def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None
     cluster.wait_sees(1, 1)
     lone = cluster.node(1)
     held = {s for s in log.series_names() if addr[0] in ring.replicas(s, 2)}
-    for name in sorted(held):
-        got = {p["timestamp"] for p in lone.range(name)}
-        acked = {ts for (s, ts), attempts in log.attempts.items()
-                 if s == name and any(o == "ack" for _, o in attempts)}
-        assert acked <= got, (name, len(acked - got), "acknowledged points missing on node 1")
+    _holds_every_acked(lone, log, held, "node 1 alone on its old data")
     resp = lone.post("/insert", json={"series": "down.new", "timestamp": 1, "value": 1.0})
     assert resp.status_code == 503, (resp.status_code, resp.text)
 
@@ -141,3 +146,41 @@ def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None
     cluster.start([3])
     print(verify_all(log, [cluster.node(i) for i in (3, 2, 1)], "after a complete failure"))
     assert [p["value"] for p in cluster.node(3).range("down.new")] == [1.0]
+
+
+def test_guide_remove_node_procedure_under_write_load(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "5"})
+    addr = {i: cluster.node(i).address for i in cluster.ids}
+    log = PointLog()
+    writers = _writers(cluster, log, [1, 2, 3], "shrink")
+    try:
+        _acked_grows(cluster, log, 90, "writes on three nodes")
+        # 1. stop sending writes to node 3 (the load balancer's part)
+        writers.pop().stop()
+        # 2. wait for data to replicate: node 3 hands over what it holds as hints
+        cluster.wait_until(lambda: all(cluster.stats(i)["hints_pending"] == 0 for i in (1, 2, 3)),
+                           "no hints pending")
+        # 3, 4. the remaining nodes are restarted one at a time without node 3
+        for i in (1, 2):
+            cluster.node(i).env_overrides["CLUSTER_NODES"] = f"{addr[1]},{addr[2]}"
+            cluster.restart(i, converge=False, sig=signal.SIGTERM)
+            cluster.wait_until(lambda i=i: {1, 2} <= cluster.alive_seen(i), f"node {i} back")
+            _acked_grows(cluster, log, 20, f"writes after node {i} restarted with two members")
+        # 5. node 3 stops
+        assert cluster.stop(3) == 0
+        _acked_grows(cluster, log, 40, "writes on the two remaining nodes")
+    finally:
+        for w in writers:
+            w.stop()
+    assert not _unexpected(log), (_unexpected(log), log.errors[:5])
+    # With two members and RF=2 both hold every series: anti-entropy copies to each what
+    # node 3 held for it (two rounds after the last restart, with no operator step).
+    for i in (1, 2):
+        cluster.wait_until(lambda i=i: cluster.stats(i)["anti_entropy"]["rounds"] >= 2,
+                           f"two anti-entropy rounds on node {i}", 60)
+    names = log.series_names()
+    _holds_every_acked(cluster.alone(2, sig=signal.SIGTERM), log, names, "node 2 alone")
+    cluster.start([1], converge=False)
+    _holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, names, "node 1 alone")
+    cluster.start([2])
+    print(verify_all(log, [cluster.node(i) for i in (1, 2)], "after removing node 3"))
