@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # Seeds of the simulation CI judges (5 nodes, 60 simulated seconds, every fault kind).
 SEEDS ?= 100
 SIM_JOBS ?= 1
+# pytest-xdist workers; a file's tests stay in one worker (they share module fixtures).
+TEST_JOBS ?= 2
 
 .PHONY: run test test-unit sim sim-ci lint typecheck check bench bench-cluster
 
@@ -18,13 +20,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/count-server
 
-# Everything: unit, simulation and end-to-end tests, with the simulation's seeds running
-# beside them at a lower priority (the end-to-end tests mostly wait on real time, so the
-# seeds take the idle cores without slowing the real processes the tests start).
+# Everything: unit, simulation and end-to-end tests, two test files at a time, with the
+# simulation's seeds beside them at a lower priority (the end-to-end tests mostly wait on
+# real time, so the seeds take the idle cores without slowing the real processes).
 test: $(STAMP)
 	@nice -n 10 $(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS) > .sim-seeds.log 2>&1 & \
 	sim=$$!; \
-	$(BIN)/python -m pytest -q; tests=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile; tests=$$?; \
 	wait $$sim; seeds=$$?; \
 	grep -v '^seed=.* lost=0 maybe=[0-9]* phantom=0 divergent=0 stale_reads=0 errors=0 hints=0 leftover=0 ' .sim-seeds.log; \
 	echo "simulation: $$(tail -1 .sim-seeds.log)"; \

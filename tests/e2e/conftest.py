@@ -84,6 +84,14 @@ _PORT_LOCK = threading.Lock()
 _PORTS_GIVEN: set[int] = set()
 # Below the Linux ephemeral range (32768..60999), so client sockets never take our ports.
 _PORT_LOW, _PORT_HIGH = 12000, 30000
+# Under pytest-xdist each worker takes its own slice of the range, so that two workers can
+# never hand out the same block between checking it and binding it.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKER.startswith("gw") and _WORKERS > 1:
+    _SLICE = (_PORT_HIGH - _PORT_LOW) // _WORKERS
+    _PORT_LOW += int(_WORKER[2:]) * _SLICE
+    _PORT_HIGH = _PORT_LOW + _SLICE
 
 
 def _port_free(port: int) -> bool:
@@ -105,7 +113,7 @@ def free_port(tries: int = 500) -> int:
     """
     with _PORT_LOCK:
         for _ in range(tries):
-            base = random.randrange(_PORT_LOW, _PORT_HIGH)
+            base = random.randrange(_PORT_LOW, _PORT_HIGH - 2004)  # the whole block inside
             wanted = [p + offset for offset in (0, 1000, 2000) for p in range(base, base + 4)]
             if any(p in _PORTS_GIVEN for p in wanted):
                 continue
