@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 # Seeds of the simulation CI judges (5 nodes, 60 simulated seconds, every fault kind).
 SEEDS ?= 100
-SIM_JOBS ?= 1
+SIM_JOBS ?= 2
 # pytest-xdist workers; a file's tests stay in one worker (they share module fixtures).
 TEST_JOBS ?= 2
 
@@ -36,7 +36,7 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/sim
 
-# More seeds: make sim SEEDS=1000 SIM_JOBS=2
+# More seeds: make sim SEEDS=1000 (two processes; SIM_JOBS= to change)
 sim: $(STAMP)
 	$(BIN)/python -m count.sim --seeds $(SEEDS) --jobs $(SIM_JOBS)
 
