@@ -9,7 +9,7 @@ SIM_JOBS ?= 2
 # pytest-xdist workers; a file's tests stay in one worker (they share module fixtures).
 TEST_JOBS ?= 2
 
-.PHONY: run test test-unit sim sim-ci lint typecheck check bench bench-cluster
+.PHONY: run test test-unit sim lint typecheck check bench bench-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

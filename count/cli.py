@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,10 +23,14 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from count.progress import Progress
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
 # POST /cluster/repair waits for a whole anti-entropy round (the node bounds it at 600 s).
 REPAIR_TIMEOUT_S = 660.0
+# How often a long command asks the node how far it has got.
+PROGRESS_POLL_S = 0.5
 
 
 class CliError(Exception):
@@ -261,11 +266,45 @@ def format_repair(report: dict[str, Any]) -> str:
             f"  errors:           {len(report.get('errors') or [])}\n")
 
 
+def _repair_with_progress(url: str) -> Any:
+    """POST /cluster/repair, showing the round's progress (from /stats) on stderr while it
+    runs: a bar on a terminal, a line now and then otherwise."""
+    outcome: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            outcome["report"] = _request(url, "POST", "/cluster/repair",
+                                         timeout_s=REPAIR_TIMEOUT_S)
+        except CliError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=post, name="repair", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    progress = Progress(sys.stderr, "repair", "ranges")
+    while True:
+        worker.join(PROGRESS_POLL_S)
+        if not worker.is_alive():
+            break
+        try:
+            ae = _request(url, "GET", "/stats").get("anti_entropy", {})
+        except CliError:
+            continue  # the answer to the POST says what went wrong
+        if ae.get("running"):
+            progress.update(ae.get("ranges_done", 0), ae.get("ranges_total", 0),
+                            time.monotonic() - started)
+    progress.finish()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["report"]
+
+
 def cmd_repair(args: argparse.Namespace) -> None:
-    report = _request(args.url, "POST", "/cluster/repair", timeout_s=REPAIR_TIMEOUT_S)
     if args.json:
+        report = _request(args.url, "POST", "/cluster/repair", timeout_s=REPAIR_TIMEOUT_S)
         _print(report)
     else:
+        report = _repair_with_progress(args.url)
         sys.stdout.write(format_repair(report))
     errors = report.get("errors") or []
     if errors:

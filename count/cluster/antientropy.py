@@ -177,8 +177,14 @@ class AntiEntropy:
             reply(200, report)
 
     def progress(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "running": self._round is not None,
-                "cached_series": len(self._cache), "last": self.last}
+        """What /stats says of anti-entropy; a running round's ranges done of its total are
+        what ``count repair`` draws its progress from."""
+        progress: dict[str, Any] = {"rounds": self.rounds, "running": self._round is not None,
+                                    "cached_series": len(self._cache), "last": self.last}
+        if self._round is not None:
+            progress.update(ranges_done=self._round.ranges_done(),
+                            ranges_total=self._round.ranges_total)
+        return progress
 
 
 class _Round:
@@ -196,6 +202,8 @@ class _Round:
             "ranges_differing": 0, "series_differing": 0, "points_received": 0,
             "points_sent": 0, "errors": []}
         self.peer = ""
+        ring, me, rf = self.ctx.ring, self.ctx.self_address, self.ctx.rf
+        self.ranges_total = sum(len(ring.shared_ranges(me, p, rf)) for p in peers)
         self.todo_ranges: list[int] = []
         self.todo_series: list[tuple[str, list[int]]] = []
         self._errors_before = 0
@@ -218,6 +226,10 @@ class _Round:
         except Exception as exc:
             survive(log, "Anti-entropy step failed")
             self.fail("range digests", f"internal error ({exc})")
+
+    def ranges_done(self) -> int:
+        """Ranges compared or being compared so far (the current peer's not yet sent are not)."""
+        return int(self.report["ranges_compared"]) - len(self.todo_ranges)
 
     def fail(self, what: str, body: Any) -> None:
         message = f"node {self.ctx.name_of(self.peer)}: {what}: {body}"

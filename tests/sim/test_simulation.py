@@ -1,7 +1,7 @@
 """The simulation itself: one seed replays one run byte for byte, the checker passes the
 real node and catches broken ones, and the command line says so with its exit status.
 
-The hundred seeds CI judges run beside the test suite (``make sim-ci``); these tests run a
+The hundred seeds CI judges run beside the test suite (``make test``); these tests run a
 few, short, so that a change that breaks the simulation fails here first.
 """
 
@@ -78,3 +78,39 @@ def test_fault_lists_are_checked():
         parse_kinds("crash,meteor")
     result = _cli("--faults", "meteor")
     assert result.returncode == 2 and "unknown fault kinds" in result.stderr
+
+
+def test_a_running_repair_reports_its_ranges_done_of_total():
+    """What ``count repair`` draws its progress bar from: while a round runs, /stats' anti-
+    entropy part has ranges_done (never past) of ranges_total, the ranges this node shares
+    with its live peers; once it is over, neither."""
+    from count.messages import Repair
+    from count.sim.world import World
+
+    world = World(3, 3, 2, {"ANTI_ENTROPY_INTERVAL_SECONDS": "0"})
+    try:
+        world.start()
+        world.run_until(3.0)
+        node = world.nodes[1]
+        assert node.core is not None
+        ring, me = node.core.ctx.ring, node.address
+        total = sum(len(ring.shared_ranges(me, n.address, 2)) for n in world.nodes.values()
+                    if n is not node)
+        rounds = node.core.anti_entropy.progress()["rounds"]
+        got: list[tuple[int, object]] = []
+        node.request(1, Repair(), lambda status, body: got.append((status, body)))
+        seen = []
+        while not got and world.now_s < 30.0:
+            world.run_until(world.now_s + 0.0005)
+            progress = node.core.anti_entropy.progress()
+            if progress["running"]:
+                seen.append((progress["ranges_done"], progress["ranges_total"]))
+        assert got and got[0][0] == 200, got
+        assert seen and {t for _, t in seen} == {total}, (seen[:3], total)
+        done = [d for d, _ in seen]
+        assert done == sorted(done) and 0 < done[-1] <= total, done
+        assert len(set(done)) > 1, done  # it moved while the round ran
+        after = node.core.anti_entropy.progress()
+        assert after["rounds"] == rounds + 1 and "ranges_total" not in after, after
+    finally:
+        world.close()
