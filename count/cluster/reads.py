@@ -4,8 +4,11 @@ wins, then blocking read repair), and the reads peers ask of this node's replica
 A read asks every node that may hold the series (``Placement.read_targets``) and waits for
 all of them. Only the series' own replicas count towards the consistency level: a stand-in
 or hint holder adds the points it has, but its view alone is never presented as the
-answer. Fewer counted replicas than the level needs is a 503 that names the replicas that
-did not answer, never an empty 200. Before answering, every replica that answered short or
+answer, and neither is the answer of a replica still catching up after a new or wiped
+store (the replica says so in the answer: an answer given while catching up never counts,
+even if it arrives after the heartbeat that says the replica caught up). Fewer counted
+replicas than the level needs is a 503 that names the replicas that did not answer, never
+an empty 200. Before answering, every replica that answered short or
 stale is brought up to the merged result, and the read answers only once at least as many
 replicas as the level needs hold it: that is what makes a later quorum read return at least
 what an earlier one did.
@@ -35,6 +38,9 @@ from count.messages import (
 from count.storage.aggregate import aggregate, aggregate_buckets
 from count.storage.merge import Columns, merge_sorted
 from count.storage.writes import single_series
+
+# In a replica's read answer: whether the replica had caught up when it gave it.
+COUNTS = "counts"
 
 log = logging.getLogger("count.cluster")
 
@@ -83,7 +89,8 @@ class Reads:
                 reply(*bad[0])
                 return
             got = [node for node in asked if node in answers]
-            counted = [n for n in got if n in replicas and self.counts_for_reads(n)]
+            counted = [n for n in got if n in replicas and self.counts_for_reads(n)
+                       and isinstance(answers[n], dict) and answers[n].get(COUNTS) is True]
             if len(counted) < needed:
                 self._unavailable(series, level, needed, replicas, counted, errors, reply)
                 return
@@ -178,8 +185,13 @@ class Reads:
     # -- what peers ask of this node's replica ---------------------------------------------
 
     def serve_read(self, msg: ReplicaRead, reply: Reply) -> None:
+        """This replica's points, and whether they count for a read: a store still catching
+        up says so in the answer itself, since its answer may reach the coordinator after
+        the heartbeat that says it has caught up."""
         cols = self.ctx.replica.read(msg.series, msg.start, msg.end)
-        reply(200, points_to_wire(cols, versions=True))
+        body: dict[str, Any] = points_to_wire(cols, versions=True)
+        body[COUNTS] = self.counts_for_reads(self.ctx.self_address)
+        reply(200, body)
 
     def serve_series(self, msg: ReplicaSeries, reply: Reply) -> None:
         reply(200, self.ctx.replica.list_series(msg.prefix, msg.limit))

@@ -17,8 +17,9 @@
 - leftover: a series some node still holds after cleanup had its time, though it is none
   of its replicas and holds no hint for it.
 
-A write acknowledged at consistency=one before a disk was wiped is counted as maybe, not as
-lost: one copy was all it asked for, and that copy may be the one that went.
+A write at consistency=one sent before a disk was wiped is counted as maybe, not as lost,
+even if its acknowledgement came after the wipe: one copy was all it asked for, and that
+copy may be the one that went.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def judge(world: World, workload: Workload, final_reads: list[Read],
     first_wipe = min(wiped_at_s) if wiped_at_s else None
 
     def unsure(w: Write) -> bool:
+        # At one, a write sent before the wipe may have been stored on the wiped node alone
+        # (its acknowledgement can reach the client after the wipe): one copy was all it
+        # asked for.
         return (w.outcome == "maybe" or (w.outcome == "ok" and w.level == "one"
                                          and first_wipe is not None
-                                         and w.done_s is not None and w.done_s <= first_wipe))
+                                         and w.sent_s <= first_wipe))
 
     verdict.counts["acked"] = sum(w.outcome == "ok" and not unsure(w) for w in writes)
     verdict.counts["maybe"] = sum(unsure(w) for w in writes)

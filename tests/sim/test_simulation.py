@@ -49,6 +49,15 @@ def test_a_faulted_cluster_keeps_every_promise(seed):
     assert counts["acked"] > 50 and outcome.faults, outcome.summary()
 
 
+def test_an_answer_given_while_catching_up_never_counts_for_a_read():
+    """Seed 771 (60 s, every fault): node 3's disk is wiped; a quorum read through node 2
+    gets node 3's empty answer while node 3 catches up, waits for a slow replica, and only
+    then counts answers, after node 3's heartbeat says it caught up. Counting that answer
+    made the read return 5 keys fewer than an earlier quorum read (stale_reads=1)."""
+    outcome = simulate(771, nodes=5, seconds=60.0, kinds=KINDS)
+    assert outcome.ok, (outcome.summary(), outcome.verdict.examples)
+
+
 def test_a_fault_free_run_loses_nothing_and_is_never_unsure():
     outcome = simulate(4, nodes=3, seconds=20.0, kinds=())
     assert outcome.ok, outcome.verdict.examples
