@@ -94,8 +94,12 @@ if _WORKER.startswith("gw") and _WORKERS > 1:
     _PORT_HIGH = _PORT_LOW + _SLICE
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int, reuse: bool = False) -> bool:
+    """Nothing listens on (or holds) this port of 127.0.0.1; with ``reuse``, a port whose
+    connections are only in TIME_WAIT counts as free (a server could bind it again)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -117,7 +121,7 @@ def free_port(tries: int = 500) -> int:
             wanted = [p + offset for offset in (0, 1000, 2000) for p in range(base, base + 4)]
             if any(p in _PORTS_GIVEN for p in wanted):
                 continue
-            if all(_port_free(p) for p in wanted):
+            if all(port_free(p) for p in wanted):
                 _PORTS_GIVEN.update(wanted)
                 return base
     raise RuntimeError("no free port block found on 127.0.0.1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import requests
 
 from count.config import SETTINGS
 from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S
-from tests.e2e.conftest import REPO_ROOT, CountNode, NodeFactory, free_port, guide_fields
+from tests.e2e.conftest import REPO_ROOT, CountNode, NodeFactory, free_port, guide_fields, port_free
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -269,3 +270,63 @@ def test_count_server_help_version_and_check(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "HTTP_WORKERS" in bad.stderr
     assert run(COUNT_SERVER, "--serve-forever", env=env, timeout=30).returncode == 2
     assert not data.exists()  # none of them started a node
+
+
+# The clustering guide's "Automated health check script", character for character.
+GUIDE_SCRIPT = """#!/bin/bash
+NODES=("localhost:8081" "localhost:8082" "localhost:8083")
+FAILED_NODES=()
+
+for node in "${NODES[@]}"; do
+  response=$(curl -s -w "%{http_code}" http://$node/health -o /dev/null)
+  if [ "$response" != "200" ]; then
+    FAILED_NODES+=($node)
+  fi
+done
+
+if [ ${#FAILED_NODES[@]} -eq 0 ]; then
+  echo "All nodes healthy"
+  exit 0
+else
+  echo "Failed nodes: ${FAILED_NODES[*]}"
+  exit 1
+fi
+"""
+
+
+def test_the_guides_own_health_script_works_unchanged(tmp_path: Path) -> None:
+    """The guide's script, as printed, against three nodes on the guide's ports 8081..8083:
+    0 and "All nodes healthy"; with two nodes stopped the survivor is unhealthy (503) and
+    the dead ones do not answer: 1, naming all three."""
+    if shutil.which("curl") is None:
+        pytest.skip("the guide's script needs curl")
+    ports = (8081, 8082, 8083)
+    busy = [p for p in ports if not all(port_free(p + k) for k in (0, 1000, 2000))]
+    if busy:
+        pytest.skip(f"the guide's ports are in use here: {busy}")
+    members = ",".join(f"127.0.0.1:{p}" for p in ports)
+    nodes = [CountNode(tmp_path, env={"NODE_ID": str(i), "CLUSTER_ENABLED": "true",
+                                      "CLUSTER_NODES": members, "HEARTBEAT_INTERVAL_MS": "500",
+                                      "FAILURE_TIMEOUT_MS": "2000"},
+                       port=p, name=f"guide{i}") for i, p in enumerate(ports, start=1)]
+    script = tmp_path / "check.sh"
+    script.write_text(GUIDE_SCRIPT)
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready()
+        for node in nodes:
+            wait_health(node, "healthy", 3)
+        done = run("bash", script)
+        assert (done.returncode, done.stdout) == (0, "All nodes healthy\n"), done
+        nodes[1].stop()
+        nodes[2].stop()
+        wait_health(nodes[0], "unhealthy", 1)
+        done = run("bash", script)
+        assert done.returncode == 1, done
+        assert done.stdout == "Failed nodes: localhost:8081 localhost:8082 localhost:8083\n", done
+    finally:
+        for node in nodes:
+            node.cleanup()
+

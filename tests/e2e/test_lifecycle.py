@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import CountNode, NodeFactory, guide_fields
+from tests.e2e.conftest import CountNode, NodeFactory, guide_fields, port_free
 from tests.e2e.workload import Batch, PointLog, Writers
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,17 +72,6 @@ def assert_only_acks_and_disconnects(log: PointLog) -> None:
     assert not bad, (bad, log.errors[:5])
 
 
-def port_free(port: int) -> bool:
-    import socket
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 # -- configuration -------------------------------------------------------------------------
 
 CONFIG_ERRORS: list[tuple[dict[str, str | None], str]] = [
@@ -127,7 +116,7 @@ def test_bad_config_exits_2_naming_the_variable(make_node: NodeFactory, tmp_path
     assert code == 2, node.log
     assert variable in node.log, node.log
     assert "configuration error" in node.log
-    assert port_free(node.port)
+    assert port_free(node.port, reuse=True)
 
 
 def test_bad_config_via_console_script(make_node: NodeFactory) -> None:
@@ -221,7 +210,7 @@ def test_clean_stop_exits_0_and_keeps_data(make_node: NodeFactory, sig: int) -> 
     log = node.log
     assert "storage closed cleanly" in log, log
     assert "Traceback" not in log, log
-    assert port_free(node.port)
+    assert port_free(node.port, reuse=True)
     node.start_ready()
     assert "0 points replayed from the WAL" in node.log  # the stop flushed the buffer
     assert node.stats()["buffer_points"] == 0
@@ -489,7 +478,7 @@ def test_killing_the_node_process_stops_the_server(make_node: NodeFactory) -> No
     assert code == 1, code
     assert "count-node exited with code -9" in node.log, node.log
     assert wait_gone([master.pid, *workers], 10) == []
-    assert port_free(node.port)
+    assert port_free(node.port, reuse=True)
 
     # The data acknowledged before is intact after a restart.
     node.start_ready()
@@ -531,7 +520,7 @@ def test_supervisor_death_takes_its_children_down(node: CountNode) -> None:
     node.proc.wait(10)
     survivors = wait_gone(descendants, 15)
     assert survivors == [], [(p, " ".join(psutil.Process(p).cmdline())) for p in survivors]
-    assert port_free(node.port)
+    assert port_free(node.port, reuse=True)
     node.start_ready()  # same port, same DATA_DIR: nothing holds either
     assert node.range("sd.s") == [{"timestamp": 1, "value": 1.0}]
 
