@@ -18,6 +18,7 @@ Replies are (status, body) pairs; a body of points has one wire form (``points_t
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -41,7 +42,7 @@ M = TypeVar("M", bound="Message")
 Reply = Callable[[int, Any], None]
 
 
-class Message:
+class Message(abc.ABC):
     """Base of every operation: a tag on the wire and a checked decoder."""
 
     TAG: ClassVar[str]
@@ -50,8 +51,9 @@ class Message:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     @classmethod
+    @abc.abstractmethod
     def from_wire(cls: type[M], args: dict[str, Any]) -> M:
-        raise NotImplementedError
+        """The operation from its wire form, every field checked (BadRequest if malformed)."""
 
 
 # -- checked field readers ------------------------------------------------------------------

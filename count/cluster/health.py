@@ -52,13 +52,17 @@ def _minority_reason(state: NodeState) -> str:
             f"alive, fewer than a majority ({needed}), so it refuses writes")
 
 
-def health(state: NodeState) -> Judgement:
-    """healthy / degraded / unhealthy, with the reasons it is not healthy."""
-    reasons = []
-    if not has_majority(state):
-        reasons.append(_minority_reason(state))
+def _write_blockers(state: NodeState) -> list[str]:
+    """Why this node would refuse a write now: no majority, storage not writable."""
+    reasons = [_minority_reason(state)] if not has_majority(state) else []
     if state.storage_problem is not None:
         reasons.append(state.storage_problem)
+    return reasons
+
+
+def health(state: NodeState) -> Judgement:
+    """healthy / degraded / unhealthy, with the reasons it is not healthy."""
+    reasons = _write_blockers(state)
     if reasons:
         return Judgement(UNHEALTHY, (*reasons, *(f"{m} is down" for m in state.down)))
     if state.down:
@@ -68,9 +72,5 @@ def health(state: NodeState) -> Judgement:
 
 def readiness(state: NodeState) -> Judgement:
     """ready / not_ready: would this node take a write now (see the module's notes)."""
-    reasons = []
-    if not has_majority(state):
-        reasons.append(_minority_reason(state))
-    if state.storage_problem is not None:
-        reasons.append(state.storage_problem)
+    reasons = _write_blockers(state)
     return Judgement("not_ready" if reasons else "ready", tuple(reasons))

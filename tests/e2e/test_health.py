@@ -58,6 +58,16 @@ def wait_health(node: CountNode, status: str, cluster_size: int) -> dict:
                          f"{WAIT_S} s: {body}\n{node.log_tail(15)}")
 
 
+def start_healthy(nodes: list[CountNode]) -> None:
+    """Start every node, then wait until each sees all of them: healthy."""
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.wait_ready()
+    for node in nodes:
+        wait_health(node, "healthy", len(nodes))
+
+
 def check_health(*nodes: str, env: dict[str, str] | None = None
                  ) -> subprocess.CompletedProcess[str]:
     return run(CHECK_HEALTH, *nodes, env={"TIMEOUT_S": "3", **(env or {})})
@@ -73,12 +83,7 @@ def test_probes_follow_the_majority_and_the_script_names_failed_nodes(
     nodes = [make_node({**CLUSTER_ENV, "CLUSTER_NODES": members, "NODE_ID": str(i)},
                        start=False, port=port, name=f"h{i}")
              for i, port in enumerate(ports, start=1)]
-    for node in nodes:
-        node.start()
-    for node in nodes:
-        node.wait_ready()
-    for node in nodes:
-        wait_health(node, "healthy", 3)
+    start_healthy(nodes)
     first, second, third = nodes
     addresses = [n.address for n in nodes]
 
@@ -312,12 +317,7 @@ def test_the_guides_own_health_script_works_unchanged(tmp_path: Path) -> None:
     script = tmp_path / "check.sh"
     script.write_text(GUIDE_SCRIPT)
     try:
-        for node in nodes:
-            node.start()
-        for node in nodes:
-            node.wait_ready()
-        for node in nodes:
-            wait_health(node, "healthy", 3)
+        start_healthy(nodes)
         done = run("bash", script)
         assert (done.returncode, done.stdout) == (0, "All nodes healthy\n"), done
         nodes[1].stop()
