@@ -127,7 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLUSTER_ENABLED", "cluster_enabled", _parse_bool, "false",
             "Join the nodes in CLUSTER_NODES into one cluster."),
     Setting("CLUSTER_NODES", "cluster_nodes", _parse_nodes, "",
-            "Comma-separated `host:port` HTTP addresses of every member, this node included."),
+            "Comma-separated `host:port` HTTP addresses: for a new cluster every first member, "
+            "this node included; for a node joining a running cluster itself and one or more "
+            "live members (seeds). The ring is cluster state from then on: later changes to "
+            "this list add or remove nothing (use `count decommission` / `count removenode`)."),
     Setting("REPLICATION_FACTOR", "replication_factor", _parse_int, "2",
             "Copies of each series kept in a cluster.", 1, 9),
     Setting("BIND_ADDRESS", "bind_address", parse_host_port, "127.0.0.1:8080",
@@ -185,6 +188,9 @@ SETTINGS: tuple[Setting, ...] = (
             "leftovers, ranges moved to other nodes), each once its replicas acknowledge "
             "the points; only while every member is up and lists the same members (0: never).",
             0, 30 * 86_400),
+    Setting("STREAM_THROUGHPUT_POINTS", "stream_throughput_points", _parse_int, "2000000",
+            "Most points per second a node fetches when it gains ranges (joining, or taking "
+            "over a leaving member's share); 0: no limit.", 0, 1 << 40),
 )
 
 # The original Count read its log filter from RUST_LOG; LOG_LEVEL wins when both are set.
@@ -218,6 +224,7 @@ class Config:
     max_hint_window_seconds: int
     anti_entropy_interval_seconds: int
     cleanup_interval_seconds: int
+    stream_throughput_points: int
 
     def members(self) -> list[str]:
         """The cluster's members as written in CLUSTER_NODES (a single node is its own member)."""

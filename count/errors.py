@@ -29,6 +29,12 @@ class NotFound(CountError):
     status = 404
 
 
+class Conflict(CountError):
+    """The cluster's state does not allow it now (a membership change is in flight)."""
+
+    status = 409
+
+
 class PayloadTooLarge(CountError):
     status = 413
 
@@ -45,7 +51,8 @@ class DiskFull(CountError):
     status = 507
 
 
-_BY_STATUS = {cls.status: cls for cls in (BadRequest, NotFound, PayloadTooLarge, Unavailable, DiskFull)}
+_BY_STATUS = {cls.status: cls for cls in (BadRequest, NotFound, Conflict, PayloadTooLarge, Unavailable,
+                                          DiskFull)}
 
 
 def error_for_status(status: int, message: str) -> CountError:

@@ -8,9 +8,11 @@ never reaches the code that acts on it). The node dispatches on the class, never
 
     client operations (worker -> node):  Insert, ReadRange, Aggregate, ListSeries, Health,
                                           Readiness, Live, Stats, Endpoints, ClusterStatus,
-                                          Repair
+                                          Repair, Decommission, RemoveNode
     peer operations (node -> node):       ReplicaWrite, ReplicaRead, ReplicaSeries,
-                                          DigestRanges, DigestSeries, BucketPoints
+                                          DigestRanges, DigestSeries, BucketPoints,
+                                          TopologyGet, Prepare, Accept, Commit, JoinRequest,
+                                          StreamRanges
 
 Replies are (status, body) pairs; a body of points has one wire form (``points_to_wire`` /
 ``points_from_wire``).
@@ -25,6 +27,9 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from count.cluster.consensus import Ballot, ballot_from_wire
+from count.cluster.ring import Arc
+from count.cluster.topology import ADDRESS_CHARS_MAX, Topology, TopologyError
 from count.errors import BadRequest, Unavailable
 from count.storage.aggregate import AGGREGATIONS
 from count.storage.merge import Columns
@@ -36,6 +41,8 @@ SERIES_LIMIT_MAX = 100_000
 RANGES_PER_MESSAGE_MAX = 16
 BUCKETS_PER_MESSAGE_MAX = 24
 HINT_TARGET_CHARS_MAX = 256
+ARCS_PER_MESSAGE_MAX = 4096
+STREAM_POINTS_MAX = 200_000
 
 M = TypeVar("M", bound="Message")
 # How an operation is answered: (HTTP status, body); runs exactly once per operation.
@@ -89,6 +96,27 @@ def _int_list(args: dict[str, Any], name: str, limit: int, what: str) -> list[in
             or not all(type(v) is int for v in value)):
         raise _malformed(what, name)
     return value
+
+
+def _topology(args: dict[str, Any], name: str, what: str) -> Topology:
+    try:
+        return Topology.from_wire(args.get(name))
+    except TopologyError as exc:
+        raise BadRequest(f"malformed {what}: {exc}") from None
+
+
+def _ballot(args: dict[str, Any], what: str) -> Ballot:
+    try:
+        return ballot_from_wire(args.get("ballot"))
+    except TopologyError:
+        raise _malformed(what, "ballot") from None
+
+
+def _node_id(args: dict[str, Any], name: str, what: str) -> int | str:
+    value = args.get(name)
+    if type(value) is int or (isinstance(value, str) and 0 < len(value) <= ADDRESS_CHARS_MAX):
+        return value
+    raise _malformed(what, name)
 
 
 def _consistency(args: dict[str, Any]) -> str | None:
@@ -267,6 +295,28 @@ class Repair(_NoArgs):
     TAG: ClassVar[str] = "repair"
 
 
+@dataclasses.dataclass(frozen=True)
+class Decommission(_NoArgs):
+    """This node leaves the cluster: its ranges stream to their new owners, then it exits."""
+
+    TAG: ClassVar[str] = "decommission"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveNode(Message):
+    """Take a dead member (by node id or address) out; its ranges are re-replicated."""
+
+    TAG: ClassVar[str] = "removenode"
+    node: str
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> RemoveNode:
+        node = _str(args, "node", "request")
+        if not 0 < len(node) <= ADDRESS_CHARS_MAX:
+            raise _malformed("request", "node")
+        return cls(node)
+
+
 # -- peer operations ------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -375,6 +425,109 @@ class BucketPoints(Message):
                    _int_list(args, "buckets", BUCKETS_PER_MESSAGE_MAX, "anti-entropy request"))
 
 
+@dataclasses.dataclass(frozen=True)
+class TopologyGet(_NoArgs):
+    """The asked node's topology, and whether it is committed (stored) or only configured."""
+
+    TAG: ClassVar[str] = "topology"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare(Message):
+    """Paxos phase 1 for epoch ``current.epoch + 1``; carries the proposer's committed
+    topology so that a voter one epoch behind catches up before it answers."""
+
+    TAG: ClassVar[str] = "prepare"
+    ballot: Ballot
+    current: Topology
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ballot": list(self.ballot), "current": self.current.to_wire()}
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> Prepare:
+        return cls(_ballot(args, "prepare"), _topology(args, "current", "prepare"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Accept(Message):
+    """Paxos phase 2: store ``value`` (the next epoch) at ``ballot``."""
+
+    TAG: ClassVar[str] = "accept"
+    ballot: Ballot
+    value: Topology
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ballot": list(self.ballot), "value": self.value.to_wire()}
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> Accept:
+        return cls(_ballot(args, "accept"), _topology(args, "value", "accept"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Commit(Message):
+    """A chosen epoch: install it if it is newer than this node's."""
+
+    TAG: ClassVar[str] = "commit"
+    topology: Topology
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"topology": self.topology.to_wire()}
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> Commit:
+        return cls(_topology(args, "topology", "commit"))
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinRequest(Message):
+    """A new node asks a member to propose it as joining."""
+
+    TAG: ClassVar[str] = "join"
+    address: str
+    node_id: int | str
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> JoinRequest:
+        address = _str(args, "address", "join request")
+        if not 0 < len(address) <= ADDRESS_CHARS_MAX:
+            raise _malformed("join request", "address")
+        return cls(address, _node_id(args, "node_id", "join request"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamRanges(Message):
+    """The points, with versions, of the asker's series in ``arcs`` at ``epoch``, in name
+    order from the cursor (``after`` series, from ``after_ts`` on), up to ``points_max``."""
+
+    TAG: ClassVar[str] = "stream"
+    epoch: int
+    arcs: list[Arc]
+    after: str
+    after_ts: int
+    points_max: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "arcs": [list(a) for a in self.arcs], "after": self.after,
+                "after_ts": self.after_ts, "points_max": self.points_max}
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> StreamRanges:
+        arcs = args.get("arcs")
+        if (not isinstance(arcs, list) or len(arcs) > ARCS_PER_MESSAGE_MAX
+                or not all(isinstance(a, list) and len(a) == 2
+                           and all(type(t) is int and 0 <= t < 1 << 64 for t in a)
+                           for a in arcs)):
+            raise _malformed("stream request", "arcs")
+        points_max = _int(args, "points_max", "stream request")
+        if not 0 < points_max <= STREAM_POINTS_MAX:
+            raise _malformed("stream request", "points_max")
+        return cls(_int(args, "epoch", "stream request"), [(a[0], a[1]) for a in arcs],
+                   _str(args, "after", "stream request"),
+                   _int(args, "after_ts", "stream request"), points_max)
+
+
 def _catalogue(*classes: type[Message]) -> dict[str, type[Message]]:
     tags = {cls.TAG: cls for cls in classes}
     assert len(tags) == len(classes), "two operations share a tag"
@@ -382,9 +535,11 @@ def _catalogue(*classes: type[Message]) -> dict[str, type[Message]]:
 
 
 CLIENT_OPERATIONS = _catalogue(Insert, ReadRange, Aggregate, ListSeries, Health, Readiness,
-                               Live, Stats, Endpoints, ClusterStatus, Repair)
+                               Live, Stats, Endpoints, ClusterStatus, Repair, Decommission,
+                               RemoveNode)
 PEER_OPERATIONS = _catalogue(ReplicaWrite, ReplicaRead, ReplicaSeries, DigestRanges,
-                             DigestSeries, BucketPoints)
+                             DigestSeries, BucketPoints, TopologyGet, Prepare, Accept, Commit,
+                             JoinRequest, StreamRanges)
 
 
 def decode(catalogue: dict[str, type[Message]], tag: str, args: dict[str, Any]) -> Message:

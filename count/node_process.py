@@ -43,31 +43,42 @@ class NodeLoop:
         self.clock = clock
         self.stopping = False
         self.context = zmq.Context()
-        members = config.members()
         self.core = NodeCore(config, self_address, LocalReplica(config, storage, clock), clock,
                              random.Random())
         message_bytes_max = 2 * config.max_body_bytes + (1 << 20)
         self.router = Router(self.context, endpoint, message_bytes_max)
-        peers = [m for m in members if m != self_address]
-        self.sockets = {
-            m: PeerSocket(self.context,
-                          peer_endpoint(m, config.peer_ports(parse_host_port(m).port)[1]))
-            for m in peers}
+        self.sockets: dict[str, PeerSocket] = {}
         self.gossip: Gossip | None = None
         self.peer_server: PeerServer | None = None
-        if peers:
+        self._peers_version = -1
+        if config.cluster_enabled:
             gossip_port, replica_port = config.peer_ports(config.bind_address.port)
-            self.gossip = Gossip(self.context, bind_endpoint(config.bind_address, gossip_port),
-                                 [peer_endpoint(m, config.peer_ports(parse_host_port(m).port)[0])
-                                  for m in peers])
+            self.gossip = Gossip(self.context, bind_endpoint(config.bind_address, gossip_port), [])
             # A peer's read reply can carry MAX_QUERY_POINTS points of 24 bytes.
             self.peer_server = PeerServer(
                 self.context, bind_endpoint(config.bind_address, replica_port),
                 max(message_bytes_max, 24 * config.max_query_points + (1 << 20)))
+        self._sync_peers()
+
+    def _sync_peers(self) -> None:
+        """Open a socket to each peer the core talks to, listen to their gossip; close the
+        ones it no longer does (the topology changed)."""
+        version, peers = self.core.peers()
+        if version == self._peers_version:
+            return
+        self._peers_version = version
+        ports = {m: self.config.peer_ports(parse_host_port(m).port) for m in peers}
+        for gone in [m for m in self.sockets if m not in ports]:
+            self.sockets.pop(gone).close()
+        for m in peers:
+            if m not in self.sockets:
+                self.sockets[m] = PeerSocket(self.context, peer_endpoint(m, ports[m][1]))
+        if self.gossip is not None:
+            self.gossip.connect([peer_endpoint(m, ports[m][0]) for m in peers])
 
     def run(self) -> None:
         ready: Ready | None = None
-        while not self.stopping:
+        while not self.stopping and self.core.exit_code is None:
             poller = zmq.Poller()
             poller.register(self.router.sock, zmq.POLLIN)
             if self.peer_server is not None:
@@ -108,6 +119,7 @@ class NodeLoop:
         self._send(core.outgoing())
         core.tick()
         ready = core.ready()
+        self._sync_peers()
         self._send(ready.sends)
         for (identity, req_id), status, body in ready.replies:
             self.router.reply(identity, req_id, status, body)
@@ -121,7 +133,9 @@ class NodeLoop:
 
     def _send(self, sends: list[tuple[str, bytes]]) -> None:
         for peer, frame in sends:
-            self.sockets[peer].send(frame)
+            sock = self.sockets.get(peer)
+            if sock is not None:  # a peer that has just left: its link failed its messages
+                sock.send(frame)
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -154,8 +168,9 @@ def run_node_process(config: Config, self_address: str, endpoint: str, ready: Ev
 
     signal.signal(signal.SIGTERM, stop)
     if config.cluster_enabled:
-        log.info("Node %s joining the cluster as %s (%d members, replication factor %d)",
-                 config.node_id, self_address, len(config.members()), config.replication_factor)
+        log.info("Node %s joining the cluster as %s (CLUSTER_NODES lists %d, replication "
+                 "factor %d)", config.node_id, self_address, len(config.members()),
+                 config.replication_factor)
     log.info("Node %s storage ready at %s", config.node_id, config.data_dir)
     ready.set()
     try:
@@ -165,4 +180,4 @@ def run_node_process(config: Config, self_address: str, endpoint: str, ready: Ev
     log.info("Node %s stopping: flushing and compacting storage", config.node_id)
     storage.close(clean=True)
     log.info("Node %s storage closed cleanly", config.node_id)
-    sys.exit(0)
+    sys.exit(loop.core.exit_code or 0)

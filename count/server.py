@@ -20,6 +20,7 @@ import sys
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
+from count.cluster.changes import EXIT_LEFT_BEFORE
 from count.cluster.self_address import find_self
 from count.config import Config, ConfigError, load_config
 from count.http.gunicorn_app import GRACEFUL_TIMEOUT_S, run_http_server
@@ -91,6 +92,9 @@ class Supervisor:
             wait([self.node.sentinel, self.http.sentinel, self.wake_r], SUPERVISE_TICK_S)
             if self.signals:
                 return self._stop(0)
+            if not self.node.is_alive() and self.node.exitcode in (0, EXIT_LEFT_BEFORE):
+                # It left the cluster: decommissioned (0), or started on a left member's data.
+                return self._stop(self.node.exitcode)
             for child in (self.node, self.http):
                 if not child.is_alive():
                     log.error("%s exited with code %s; stopping the node", child.name,
@@ -112,7 +116,8 @@ class Supervisor:
         log.info("Node %s shutting down", self.config.node_id)
         self._terminate(self.http, HTTP_STOP_TIMEOUT_S)
         self._terminate(self.node, NODE_STOP_TIMEOUT_S)
-        if self.node is not None and self.node.exitcode not in (0, None) and code == 0:
+        if (self.node is not None and self.node.exitcode not in (0, None, EXIT_LEFT_BEFORE)
+                and code == 0):
             code = 1
         log.info("Node %s stopped (exit %d; node process %s, http %s)", self.config.node_id,
                  code, getattr(self.node, "exitcode", None), getattr(self.http, "exitcode", None))

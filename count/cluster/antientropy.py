@@ -55,6 +55,7 @@ class AntiEntropy:
         self._cache: dict[str, tuple[int, dict[int, bytes]]] = {}
         self._names: list[str] = []
         self._name_ranges = np.empty(0, np.int64)
+        self._ranges_version = ctx.version
         interval = ctx.config.anti_entropy_interval_seconds
         # The first round starts after a random part of the interval, so nodes started
         # together do not all compare at once.
@@ -82,7 +83,10 @@ class AntiEntropy:
 
     def series_by_range(self, ranges: set[int]) -> dict[int, list[str]]:
         """This node's series in each of ``ranges``; a series' range is computed once, when
-        the series is first seen, not once per round and message."""
+        the series is first seen (and again when the ring changes), not once per round."""
+        if self._ranges_version != self.ctx.version:
+            self._ranges_version = self.ctx.version
+            self._names, self._name_ranges = [], np.empty(0, np.int64)
         new = self.ctx.replica.storage.series_names_since(len(self._names))
         if new:
             self._names.extend(new)
@@ -154,6 +158,7 @@ class AntiEntropy:
     def _start(self) -> None:
         ctx = self.ctx
         peers = [m for m in ctx.ring.members if m != ctx.self_address and ctx.alive(m)
+                 and ctx.self_address in ctx.ring.members
                  and ctx.ring.shared_ranges(ctx.self_address, m, ctx.rf)]
         self._round = _Round(self, peers, self._finished)
         self._round.next_peer()

@@ -32,8 +32,8 @@ RETRY_S = 1.0
 class CatchUp:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self.peers = [m for m in ctx.ring.members if m != ctx.self_address
-                      and ctx.ring.shared_ranges(ctx.self_address, m, ctx.rf)]
+        self._peers_version = -1
+        self._peers: list[str] = []
         self.syncing = bool(self.peers) and ctx.replica.storage.meta_get(RECORD) is None
         self.compared: set[str] = set()
         self._empty: set[str] = set()  # peers whose first heartbeat said they hold nothing
@@ -42,6 +42,27 @@ class CatchUp:
             log.info("Node %s catching up: its store is new (or wiped), so it answers no read as a "
                      "replica until it has compared with its %d replica peers",
                      ctx.config.node_id, len(self.peers))
+
+    @property
+    def peers(self) -> list[str]:
+        """The members this node shares ring ranges with (none while it owns none)."""
+        ctx = self.ctx
+        if self._peers_version != ctx.version:
+            self._peers_version = ctx.version
+            me = ctx.self_address
+            self._peers = [m for m in ctx.ring.members if m != me and me in ctx.ring.members
+                           and ctx.ring.shared_ranges(me, m, ctx.rf)]
+        return self._peers
+
+    def streamed(self) -> None:
+        """This node fetched every range it joined for: it holds what its replicas hold."""
+        self.compared.update(self.peers)
+        self._record()
+        if self.syncing:
+            self._check()
+
+    def _record(self) -> None:
+        self.ctx.replica.storage.meta_put(RECORD, b"1")
 
     def counts_for_reads(self, address: str) -> bool:
         """Whether a replica's answer counts towards a read's consistency level."""
@@ -72,7 +93,7 @@ class CatchUp:
         if missing:
             return
         try:
-            self.ctx.replica.storage.meta_put(RECORD, b"1")
+            self._record()
         except CountError as exc:
             log.warning("Could not record that this node caught up (%s); it stays out of "
                         "reads until it can", exc)

@@ -43,16 +43,29 @@ class Cleanup:
         self.ctx = ctx
         self.placement = placement
         self.anti_entropy = anti_entropy  # keeps the table of local series by ring range
-        ring, me = ctx.ring, ctx.self_address
         self._interval_s = float(ctx.config.cleanup_interval_seconds)
-        self._foreign_ranges = {r for r in range(ring.ranges())
-                                if me not in ring.range_preference(r)[:ctx.rf]
-                                } if self._interval_s > 0 else set()
+        self._foreign_version = -1
+        self._foreign: set[int] = set()
         self._next_s = ctx.now_s() + self._interval_s
         self._queue: list[str] = []  # candidates found at the start of a pass, taken in turn
         self._busy = False
         self._too_large: set[str] = set()  # reported once each
         self._dropped_in_round = [0, 0]  # series, points
+
+    @property
+    def _foreign_ranges(self) -> set[int]:
+        """The ring ranges this node does not replicate; none while it owns no range, or
+        while a member joins or leaves (the ranges are moving: nothing is dropped then)."""
+        ctx = self.ctx
+        if self._foreign_version != ctx.version:
+            self._foreign_version = ctx.version
+            ring, me = ctx.ring, ctx.self_address
+            settled = ctx.confirmed and ctx.future_ring is None and me in ring.members
+            self._foreign = {r for r in range(ring.ranges())
+                             if me not in ring.range_preference(r)[:ctx.rf]
+                             } if self._interval_s > 0 and settled else set()
+            self._queue = []
+        return self._foreign
 
     def next_wake_s(self) -> float | None:
         return None if self._busy or not self._foreign_ranges else self._next_s

@@ -21,6 +21,7 @@ from count.cluster.hints import HintLog
 from count.cluster.link import PeerLink
 from count.cluster.membership import Membership
 from count.cluster.ring import Ring
+from count.cluster.topology import Topology
 from count.config import Config
 from count.errors import CountError
 from count.failsafe import survive
@@ -37,6 +38,7 @@ TURN_WRITES_MAX = 8192
 # Replication failures of one peer are logged at most once per this many seconds.
 WARN_EVERY_S = 5.0
 MEMBER_IDS_RECORD = "member_ids"
+TOPOLOGY_RECORD = "topology"
 
 
 def _ignore(status: int, body: Any) -> None:
@@ -45,19 +47,18 @@ def _ignore(status: int, body: Any) -> None:
 
 class NodeContext:
     def __init__(self, config: Config, self_address: str, replica: LocalReplica, clock: Clock,
-                 rng: random.Random, ring: Ring, membership: Membership,
-                 links: dict[str, PeerLink], hints: HintLog) -> None:
+                 rng: random.Random, topology: Topology, confirmed: bool,
+                 membership: Membership, hints: HintLog) -> None:
         self.config = config
         self.self_address = self_address
         self.replica = replica
         self.clock = clock
         self.rng = rng
-        self.ring = ring
         self.membership = membership
-        self.links = links
+        self.links: dict[str, PeerLink] = {}
         self.hints = hints
-        self.rf = min(config.replication_factor, len(ring.members))
-        self.single = len(ring.members) == 1
+        # Bumped whenever the topology changes: what is cached per ring keys on it.
+        self.version = 0
         # How this node serves a peer operation; set by the node that owns this context.
         self.serve: Callable[[Message, Reply], None] = _unserved
         self.counters = {"inserts": 0, "reads": 0, "replica_writes_failed": 0,
@@ -69,6 +70,48 @@ class NodeContext:
         self._writes: list[tuple[WriteRequest, str | None, Reply]] = []
         self._after_commit: list[Callable[[], None]] = []
         self._warned_s: dict[str, float] = {}
+        self.set_topology(topology, confirmed)
+
+    # -- the topology ----------------------------------------------------------------------
+
+    def set_topology(self, topology: Topology, confirmed: bool) -> None:
+        """Take ``topology`` as this node's: its rings, whom it tracks and links to.
+
+        ``confirmed``: stored, not merely read from CLUSTER_NODES (a node whose record is
+        only configured serves no client until a member confirms it)."""
+        self.topology = topology
+        self.confirmed = confirmed
+        self.version += 1
+        owners = topology.owners()
+        self.ring = Ring(owners or [self.self_address])
+        self.rf = min(self.config.replication_factor, len(self.ring.members))
+        self.single = not self.config.cluster_enabled
+        changing = topology.changing()
+        self.future_ring = Ring(topology.future()) if changing is not None else None
+        self.future_rf = (self.rf if self.future_ring is None else
+                          min(self.config.replication_factor, len(self.future_ring.members)))
+        members = topology.active()
+        if self.self_address not in members:
+            members.append(self.self_address)
+        # An unconfirmed record is compared with others' as epoch 0: only two unconfirmed
+        # nodes configured differently are a mismatch (a joiner's list differs by design).
+        self.membership.set_members(members, owners, topology.digest(),
+                                    topology.epoch if confirmed else 0)
+        for address in [a for a in self.links if a not in members]:
+            self.links.pop(address).fail_all(f"node {self.name_of(address)} left the cluster")
+        for address in members:
+            if address != self.self_address and address not in self.links:
+                self.links[address] = PeerLink(self.self_address, address,
+                                               self.config.replica_timeout_ms / 1000,
+                                               self.config.replica_retries)
+
+    def is_member(self) -> bool:
+        """Whether this node is in its topology, joining or owning ranges."""
+        return self.topology.state(self.self_address) in ("joining", "normal", "leaving")
+
+    def save_topology(self) -> None:
+        """Store the topology (raises CountError if storage refuses: the caller decides)."""
+        self.replica.storage.meta_put(TOPOLOGY_RECORD, msgpack.packb(self.topology.to_wire()))
 
     # -- who is who ------------------------------------------------------------------------
 
@@ -83,6 +126,9 @@ class NodeContext:
         node_id = self.membership.node_id(address)
         if node_id is None:
             node_id = self.member_ids.get(address)
+        if node_id is None:
+            member = self.topology.member(address)
+            node_id = None if member is None else member.node_id
         return address if node_id is None else node_id
 
     def learn_id(self, address: str, node_id: int | str | None) -> None:

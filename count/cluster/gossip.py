@@ -26,8 +26,17 @@ class Gossip:
         self.sub.setsockopt(zmq.RCVHWM, 256)
         self.sub.setsockopt(zmq.MAXMSGSIZE, HEARTBEAT_BYTES_MAX)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        for endpoint in peer_endpoints:
+        self._connected: set[str] = set()
+        self.connect(peer_endpoints)
+
+    def connect(self, peer_endpoints: list[str]) -> None:
+        """Listen to exactly these peers (the topology changed)."""
+        wanted = set(peer_endpoints)
+        for endpoint in sorted(self._connected - wanted):
+            self.sub.disconnect(endpoint)
+        for endpoint in sorted(wanted - self._connected):
             self.sub.connect(endpoint)
+        self._connected = wanted
 
     def publish(self, frame: bytes) -> None:
         try:

@@ -1,8 +1,9 @@
 """Who is in the cluster and who is alive, judged from the heartbeats members gossip.
 
-The members are fixed by configuration (CLUSTER_NODES) and named by their HTTP address as
-written there. Each member is judged by its own phi accrual detector, and every change is an
-``Event`` the caller logs (``describe``) and acts on, e.g. refusing writes without a majority.
+The members are the topology's (``count/cluster/topology.py``; ``set_members`` when it
+changes), named by their HTTP address. Each member is judged by its own phi accrual
+detector, and every change is an ``Event`` the caller logs (``describe``) and acts on, e.g.
+refusing writes without a majority of the voters (the members that own ranges).
 Pure: the caller passes ``now_s`` (a monotonic clock in seconds) and does all the I/O.
 """
 
@@ -18,7 +19,7 @@ import msgpack
 
 from count.cluster.failure import PhiAccrualDetector
 
-HEARTBEAT_WIRE_VERSION = 1
+HEARTBEAT_WIRE_VERSION = 2
 # "syncing": the member lost its data (or is new) and is catching up from its peers.
 STATES = ("normal", "syncing", "leaving")
 # Bounds on what a heartbeat off the network may hold.
@@ -55,14 +56,17 @@ class Heartbeat:
     generation: int  # the sender's start time in ms: a larger one means it restarted
     seq: int  # one more per heartbeat within a generation
     state: str  # "normal", "syncing" while catching up, or "leaving" on a clean shutdown
-    members_digest: str
+    members_digest: str  # the digest of the sender's topology
     load: dict[str, Any]  # {"points": int, "bytes": int, "hints": {target address: hints held}}
+    epoch: int = 0  # the sender's topology epoch (0: it has none yet)
+    streamed: int = 0  # the last epoch whose ranges it has fetched in full
 
     def to_wire(self) -> list[Any]:
         """A msgpack-friendly list, led by the wire version."""
         return [HEARTBEAT_WIRE_VERSION, self.node_id, self.address, self.generation, self.seq,
                 self.state, self.members_digest, self.load.get("points", 0),
-                self.load.get("bytes", 0), dict(self.load.get("hints", {}))]
+                self.load.get("bytes", 0), dict(self.load.get("hints", {})), self.epoch,
+                self.streamed]
 
     def pack(self) -> bytes:
         return msgpack.packb(self.to_wire(), use_bin_type=True)
@@ -82,10 +86,11 @@ class Heartbeat:
         """Check and decode ``to_wire`` output from a peer; ValueError on anything else."""
         if not isinstance(obj, list | tuple) or not obj or type(obj[0]) is not int:
             raise ValueError("heartbeat: expected a list led by a wire version")
-        if obj[0] != HEARTBEAT_WIRE_VERSION or len(obj) != 10:
-            raise ValueError(f"heartbeat: expected version {HEARTBEAT_WIRE_VERSION} with 10"
+        if obj[0] != HEARTBEAT_WIRE_VERSION or len(obj) != 12:
+            raise ValueError(f"heartbeat: expected version {HEARTBEAT_WIRE_VERSION} with 12"
                              f" fields, got version {obj[0]} with {len(obj)}")
-        _, node_id, address, generation, seq, state, digest, points, nbytes, hints = obj
+        (_, node_id, address, generation, seq, state, digest, points, nbytes, hints, epoch,
+         streamed) = obj
         node_id = (_count if type(node_id) is int else _string)(node_id, "node_id")
         if state not in STATES:
             raise ValueError(f"heartbeat state: expected one of {STATES}, got {state!r:.40}")
@@ -95,7 +100,8 @@ class Heartbeat:
                 "hints": {_string(k, "hint target"): _count(v, "hint count")
                           for k, v in hints.items()}}
         return cls(node_id, _string(address, "address"), _count(generation, "generation"),
-                   _count(seq, "seq"), state, _string(digest, "members_digest"), load)
+                   _count(seq, "seq"), state, _string(digest, "members_digest"), load,
+                   _count(epoch, "epoch"), _count(streamed, "streamed"))
 
 
 def members_digest(members: Sequence[str]) -> str:
@@ -122,7 +128,8 @@ _LOG_LINES = {
                  " writes are refused until a majority is reachable",
     "partition_healed": "Network partition healed: {detail} members alive",
     "config_mismatch": "Cluster configuration differs: node {who} ({address}) lists other"
-                       " members than this node (CLUSTER_NODES must be the same on every node)",
+                       " members than this node (CLUSTER_NODES must be the same on every node"
+                       " of a new cluster; {detail})",
     "local_pause": "Not marking nodes down: this node's own loop stalled for {detail}"
                    " (a local pause); its peers' heartbeats have not been read yet",
 }
@@ -171,17 +178,15 @@ class Membership:
 
     def __init__(self, self_address: str, self_node_id: int | str, members: Sequence[str], *,
                  heartbeat_interval_s: float, failure_timeout_s: float,
-                 local_pause_s: float | None = None) -> None:
-        assert self_address in members, (self_address, members)
-        assert len(set(members)) == len(members), members
+                 local_pause_s: float | None = None, voters: Sequence[str] | None = None,
+                 digest: str | None = None, epoch: int = 0) -> None:
         self.self_address = self_address
         self.self_node_id = self_node_id
-        self.members = tuple(members)
-        self.size = len(self.members)
-        self.digest = members_digest(self.members)
         self._detector = functools.partial(PhiAccrualDetector, failure_timeout_s=failure_timeout_s,
                                            expected_interval_s=heartbeat_interval_s)
-        self._peers = {a: _Peer(self._detector()) for a in self.members if a != self_address}
+        self._peers: dict[str, _Peer] = {}
+        self.set_members(members, members if voters is None else voters,
+                         members_digest(members) if digest is None else digest, epoch)
         self._grace_s = heartbeat_interval_s * STARTUP_GRACE_INTERVALS + failure_timeout_s
         self._interval_s = heartbeat_interval_s
         self._local_pause_s = (LOCAL_PAUSE_INTERVALS * heartbeat_interval_s
@@ -190,6 +195,21 @@ class Membership:
         self._last_tick_s: float | None = None
         self._grace_over = False
         self._partitioned = False  # a partition was reported and has not healed yet
+
+    def set_members(self, members: Sequence[str], voters: Sequence[str], digest: str,
+                    epoch: int) -> None:
+        """The topology changed: track ``members`` (self included), count a majority of
+        ``voters``; peers kept keep their detectors and latest heartbeats."""
+        assert self.self_address in members, (self.self_address, members)
+        assert len(set(members)) == len(members), members
+        assert set(voters) <= set(members), (voters, members)
+        self.members = tuple(members)
+        self.voters = tuple(voters)
+        self.size = len(self.voters)
+        self.digest = digest
+        self.epoch = epoch
+        self._peers = {a: self._peers.get(a) or _Peer(self._detector())
+                       for a in self.members if a != self.self_address}
 
     def receive(self, hb: Heartbeat, now_s: float) -> list[Event]:
         """Take in a heartbeat; returns the events it causes."""
@@ -214,7 +234,8 @@ class Membership:
             if old is None or not (was_alive or restarted):
                 events.append(_about("joining" if old is None else "back_online", hb))
             peer.down_since_s = None
-        if hb.members_digest != self.digest and peer.mismatch_generation != hb.generation:
+        if (hb.epoch == self.epoch and hb.members_digest != self.digest
+                and peer.mismatch_generation != hb.generation):
             peer.mismatch_generation = hb.generation
             events.append(_about("config_mismatch", hb,
                                  f"their members {hb.members_digest}, ours {self.digest}"))
@@ -257,8 +278,12 @@ class Membership:
     def alive_count(self) -> int:
         return len(self.alive_members())
 
+    def alive_voters(self) -> int:
+        return sum(1 for a in self.voters if self.alive(a))
+
     def has_majority(self) -> bool:
-        return self.alive_count() > self.size / 2
+        """A majority of the voters alive (a node with no voters, not yet joined, has none)."""
+        return self.alive_voters() > self.size / 2
 
     def whole(self) -> bool:
         """Every member alive and listing the same members as this node."""
@@ -267,7 +292,7 @@ class Membership:
 
     def health(self) -> str:
         """'healthy' all alive, 'degraded' some down but a majority alive, else 'unhealthy'."""
-        if self.alive_count() == self.size:
+        if self.alive_count() == len(self.members) and self.has_majority():
             return "healthy"
         return "degraded" if self.has_majority() else "unhealthy"
 
@@ -276,6 +301,11 @@ class Membership:
             return self.self_node_id
         peer = self._peers.get(address)
         return None if peer is None or peer.latest is None else peer.latest.node_id
+
+    def latest(self, address: str) -> Heartbeat | None:
+        """The member's latest heartbeat (None: never heard, or self)."""
+        peer = self._peers.get(address)
+        return None if peer is None else peer.latest
 
     def down_since_s(self, address: str) -> float | None:
         """When the member was marked down; None if it is alive or was never heard from."""
@@ -303,7 +333,7 @@ class Membership:
 
     def _partition_events(self) -> list[Event]:
         """Report a lost majority (after the startup grace) and its return, once each."""
-        majority, seen = self.has_majority(), f"{self.alive_count()} of {self.size}"
+        majority, seen = self.has_majority(), f"{self.alive_voters()} of {self.size}"
         if not majority and not self._partitioned and self._grace_over:
             self._partitioned = True
             return [Event("partition", "", None, f"sees {seen}")]

@@ -23,17 +23,18 @@ from typing import Any
 from count.clock import Clock
 from count.cluster.antientropy import AntiEntropy
 from count.cluster.catchup import CatchUp
+from count.cluster.changes import Changes, stored_topology
 from count.cluster.cleanup import Cleanup
-from count.cluster.context import NodeContext
+from count.cluster.context import TOPOLOGY_RECORD, NodeContext
 from count.cluster.handoff import HandOff
 from count.cluster.hints import HintLog
-from count.cluster.link import PeerLink
-from count.cluster.membership import Event, Heartbeat, Membership, describe, members_digest
+from count.cluster.membership import Event, Heartbeat, Membership, describe
 from count.cluster.placement import Placement
 from count.cluster.quorum import once
 from count.cluster.reads import Reads
-from count.cluster.ring import Ring
 from count.cluster.status import Status
+from count.cluster.streaming import Streaming
+from count.cluster.topology import Topology
 from count.cluster.wire import Result, WireError, pack_reply, unpack_request
 from count.cluster.writes import Writes
 from count.config import Config
@@ -42,25 +43,33 @@ from count.failsafe import survive
 from count.messages import (
     CLIENT_OPERATIONS,
     PEER_OPERATIONS,
+    Accept,
     Aggregate,
     BucketPoints,
     ClusterStatus,
+    Commit,
+    Decommission,
     DigestRanges,
     DigestSeries,
     Endpoints,
     Health,
     Insert,
+    JoinRequest,
     ListSeries,
     Live,
     Message,
+    Prepare,
     Readiness,
     ReadRange,
+    RemoveNode,
     Repair,
     ReplicaRead,
     ReplicaSeries,
     ReplicaWrite,
     Reply,
     Stats,
+    StreamRanges,
+    TopologyGet,
     decode,
 )
 from count.replica import LocalReplica
@@ -69,7 +78,11 @@ log = logging.getLogger("count.node")
 
 # A node that has had no request for this long is idle (compaction may run at full pace).
 IDLE_AFTER_S = 1.0
+# While streaming, the node looks at its sources this often (pages also come on replies).
+STREAM_WAKE_S = 0.05
 _WARN_EVENTS = ("unreachable", "partition", "config_mismatch", "local_pause")
+# Client operations on data: refused by a node that is no member (yet) of a cluster.
+_DATA_OPERATIONS = (Insert, ReadRange, Aggregate, ListSeries, Endpoints, Repair)
 
 Handler = Callable[[Any, Reply], None]
 
@@ -89,18 +102,17 @@ class Ready:
 class NodeCore:
     def __init__(self, config: Config, self_address: str, replica: LocalReplica, clock: Clock,
                  rng: random.Random) -> None:
-        members = config.members()
         heartbeat_s = config.heartbeat_interval_ms / 1000
         membership = Membership(
-            self_address, config.node_id, members, heartbeat_interval_s=heartbeat_s,
+            self_address, config.node_id, [self_address], heartbeat_interval_s=heartbeat_s,
             # One late heartbeat must never be taken for a failure.
             failure_timeout_s=max(config.failure_timeout_ms,
                                   2 * config.heartbeat_interval_ms) / 1000)
-        links = {m: PeerLink(self_address, m, config.replica_timeout_ms / 1000,
-                             config.replica_retries)
-                 for m in members if m != self_address}
-        self.ctx = ctx = NodeContext(config, self_address, replica, clock, rng, Ring(members),
-                                     membership, links, HintLog(replica.storage))
+        topology, confirmed = _starting_topology(config, self_address, replica)
+        self.ctx = ctx = NodeContext(config, self_address, replica, clock, rng, topology,
+                                     confirmed, membership, HintLog(replica.storage))
+        if confirmed and replica.storage.meta_get(TOPOLOGY_RECORD) is None:
+            ctx.save_topology()  # a single node's one-member record
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         placement = Placement(ctx)
@@ -110,7 +122,9 @@ class NodeCore:
         self.handoff = HandOff(ctx)
         self.anti_entropy = AntiEntropy(ctx, self.catchup)
         self.cleanup = Cleanup(ctx, placement, self.anti_entropy)
-        self.status = Status(ctx, placement, self.anti_entropy, self.catchup)
+        self.streaming = Streaming(ctx, self.catchup)
+        self.changes = Changes(ctx, self.streaming)
+        self.status = Status(ctx, placement, self.anti_entropy, self.catchup, self.streaming)
         self._client_handlers: dict[type[Message], Handler] = {
             Insert: self.writes.insert,
             ReadRange: self.reads.read_range,
@@ -123,6 +137,8 @@ class NodeCore:
             Endpoints: self.status.endpoints,
             ClusterStatus: self.status.cluster_status,
             Repair: lambda msg, reply: self.anti_entropy.start_now(reply),
+            Decommission: self.changes.decommission,
+            RemoveNode: self.changes.removenode,
         }
         self._peer_handlers: dict[type[Message], Handler] = {
             ReplicaWrite: self.writes.serve,
@@ -131,13 +147,18 @@ class NodeCore:
             DigestRanges: self.anti_entropy.serve_ranges,
             DigestSeries: self.anti_entropy.serve_series,
             BucketPoints: self.anti_entropy.serve_points,
+            TopologyGet: self.changes.serve_topology,
+            Prepare: self.changes.serve_prepare,
+            Accept: self.changes.serve_accept,
+            Commit: self.changes.serve_commit,
+            JoinRequest: self.changes.serve_join,
+            StreamRanges: self.streaming.serve,
         }
         assert set(self._client_handlers) == set(CLIENT_OPERATIONS.values())
         assert set(self._peer_handlers) == set(PEER_OPERATIONS.values())
         ctx.serve = self._serve_peer_op
         self.generation = clock.wall_ms()
         self.seq = 0
-        self.digest = members_digest(members)
         self._next_heartbeat_s = clock.monotonic_s()
         self._last_request_s = clock.monotonic_s()
         self._replies: list[tuple[Any, int, Any]] = []
@@ -159,7 +180,23 @@ class NodeCore:
         except CountError as exc:
             reply(exc.status, str(exc))
             return
+        if isinstance(msg, _DATA_OPERATIONS) and not self._serves_data():
+            reply(503, self._why_no_data())
+            return
         self._run(self._client_handlers[type(msg)], msg, reply, tag)
+
+    def _serves_data(self) -> bool:
+        ctx = self.ctx
+        return ctx.single or (ctx.confirmed and ctx.is_member() and self.exit_code is None)
+
+    def _why_no_data(self) -> str:
+        ctx = self.ctx
+        if self.exit_code is not None:
+            return "this node has left the cluster"
+        if not ctx.confirmed:
+            return ("this node is waiting for another member to confirm CLUSTER_NODES (a new "
+                    "cluster), or to learn the cluster's topology from one")
+        return "this node is not a member yet: it is asking a member to let it join"
 
     def peer_request(self, token: Any, frame: bytes | memoryview) -> None:
         """A peer's message of operations; answered with one result per operation, in order,
@@ -207,6 +244,7 @@ class NodeCore:
             return
         self._on_events(self.ctx.membership.receive(beat, self.clock.monotonic_s()))
         self.catchup.heard(beat.address, beat.load.get("points", 0))
+        self.changes.heard(beat)
 
     def tick(self) -> None:
         """Run the timers that are due: heartbeat and failure detector, hand-off,
@@ -219,6 +257,8 @@ class NodeCore:
             self._publish.append(self._heartbeat(state).pack())
             self._on_events(ctx.membership.tick(now))
         try:
+            self.changes.step(now)
+            self.streaming.step(now)
             self.handoff.step(now)
             self.anti_entropy.step(now)
             self.cleanup.step(now)
@@ -256,8 +296,10 @@ class NodeCore:
         due = [d for link in ctx.links.values() if (d := link.next_deadline_s()) is not None]
         if ctx.links:
             due.append(self._next_heartbeat_s)
+        if self.streaming.pending():
+            due.append(self.clock.monotonic_s() + STREAM_WAKE_S)
         for wake in (self.handoff.next_wake_s(), self.anti_entropy.next_wake_s(),
-                     self.cleanup.next_wake_s()):
+                     self.cleanup.next_wake_s(), self.changes.next_wake_s()):
             if wake is not None:
                 due.append(wake)
         storage_wake = ctx.replica.next_wakeup_s()
@@ -269,12 +311,23 @@ class NodeCore:
         """The last heartbeat of a clean shutdown: peers mark this node down at once."""
         return self._heartbeat("leaving").pack()
 
+    @property
+    def exit_code(self) -> int | None:
+        """Set once this node has left the cluster: the driver stops and exits with it."""
+        return self.changes.exit_code
+
+    def peers(self) -> tuple[int, list[str]]:
+        """(a version that changes when they do, the peers this node talks to)."""
+        return self.ctx.version, list(self.ctx.links)
+
     # -- internals -------------------------------------------------------------------------
 
     def _heartbeat(self, state: str) -> Heartbeat:
         self.seq += 1
-        return Heartbeat(self.ctx.config.node_id, self.ctx.self_address, self.generation,
-                         self.seq, state, self.digest, self.status.load())
+        ctx = self.ctx
+        return Heartbeat(ctx.config.node_id, ctx.self_address, self.generation,
+                         self.seq, state, ctx.topology.digest(), self.status.load(),
+                         ctx.topology.epoch if ctx.confirmed else 0, self.streaming.streamed)
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
@@ -297,3 +350,24 @@ class NodeCore:
         except Exception:
             survive(log, "Query failed: %s", tag)
             reply(500, "internal error; see the node's log")
+
+
+def _starting_topology(config: Config, self_address: str, replica: LocalReplica
+                       ) -> tuple[Topology, bool]:
+    """The topology a node starts with, and whether it is stored (else only configured)."""
+    stored = stored_topology(replica.storage.meta_get(TOPOLOGY_RECORD))
+    if stored is not None:
+        listed = set(config.members()) if config.cluster_enabled else set()
+        for address in sorted(listed - set(stored.active())):
+            if address != self_address:
+                log.info("CLUSTER_NODES lists %s, which is no member: a new node joins by "
+                         "starting with itself and a live member in its CLUSTER_NODES; nothing "
+                         "changes here", address)
+        for address in sorted(set(stored.owners()) - listed) if listed else ():
+            log.warning("CLUSTER_NODES no longer lists %s, which is still a member: the ring "
+                        "is cluster state; run `count decommission` on that node to take it "
+                        "out, or `count removenode ID` if it is dead", address)
+        return stored, True
+    if not config.cluster_enabled:
+        return Topology.initial([self_address], {self_address: config.node_id}), True
+    return Topology.initial(config.members(), {self_address: config.node_id}), False

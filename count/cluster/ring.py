@@ -81,11 +81,22 @@ class Ring:
 
     def range_indices(self, names: Sequence[str]) -> np.ndarray:
         """``range_index`` of each name, as an int64 array, in the order given."""
-        tokens = np.fromiter((self._cached_token(n) for n in names), dtype=np.uint64,
-                             count=len(names))
+        return self.token_ranges(self.tokens_of(names))
+
+    def tokens_of(self, names: Sequence[str]) -> np.ndarray:
+        """``token`` of each name, as a uint64 array (through the cache)."""
+        return np.fromiter((self._cached_token(n) for n in names), dtype=np.uint64,
+                           count=len(names))
+
+    def token_ranges(self, tokens: np.ndarray) -> np.ndarray:
+        """The vnode range holding each ring position."""
         indices = np.searchsorted(self._tokens, tokens, "left").astype(np.int64)
         indices[indices == len(self._tokens)] = 0
         return indices
+
+    def vnode_tokens(self) -> np.ndarray:
+        """Every vnode's token, ascending (range ``i`` ends at the ``i``-th)."""
+        return self._tokens
 
     def preference(self, name: str) -> list[str]:
         """All members, each once, clockwise from the series' position: replicas first."""
@@ -138,6 +149,55 @@ class Ring:
         """Short hex hash of (sorted members, vnodes): rings that place alike hash alike."""
         spec = json.dumps([sorted(self.members), self.vnodes]).encode()
         return hashlib.sha256(spec).hexdigest()[:16]
+
+
+# An arc of the ring: (lo, hi], wrapping round zero when lo >= hi.
+Arc = tuple[int, int]
+
+
+def moves(current: Ring, future: Ring, rf_now: int, rf_later: int
+          ) -> dict[str, list[tuple[Arc, list[str]]]]:
+    """What each member must fetch to go from ``current`` to ``future`` placement.
+
+    For every member that replicates, in ``future``, part of the ring it does not in
+    ``current``: those arcs, each with its current replicas (where the data is now), in
+    preference order. Adjacent arcs with the same sources are merged.
+    """
+    bounds = np.union1d(current.vnode_tokens(), future.vnode_tokens())
+    cur_ranges = current.token_ranges(bounds)
+    fut_ranges = future.token_ranges(bounds)
+    gains: dict[str, list[tuple[Arc, list[str]]]] = {}
+    for k in range(len(bounds)):
+        lo, hi = int(bounds[k - 1]), int(bounds[k])  # k = 0 wraps round from the last
+        sources = current.range_preference(int(cur_ranges[k]))[:rf_now]
+        for member in future.range_preference(int(fut_ranges[k]))[:rf_later]:
+            if member in sources:
+                continue
+            arcs = gains.setdefault(member, [])
+            if arcs and arcs[-1][0][1] == lo and arcs[-1][1] == sources:
+                arcs[-1] = ((arcs[-1][0][0], hi), sources)
+            else:
+                arcs.append(((lo, hi), sources))
+    return gains
+
+
+def arc_of(tokens: np.ndarray, arcs: Sequence[Arc]) -> np.ndarray:
+    """For each ring position, the index in ``arcs`` (disjoint) of the arc holding it, or
+    -1 if none does."""
+    found = np.full(len(tokens), -1, np.int64)
+    plain = sorted((hi, lo, i) for i, (lo, hi) in enumerate(arcs) if lo < hi)
+    for i, (lo, hi) in enumerate(arcs):
+        if lo >= hi:  # wraps round zero (one arc may be the whole ring)
+            found[(tokens > np.uint64(lo)) | (tokens <= np.uint64(hi))] = i
+    if plain:
+        his = np.array([hi for hi, _, _ in plain], np.uint64)
+        los = np.array([lo for _, lo, _ in plain], np.uint64)
+        index = np.array([i for _, _, i in plain], np.int64)
+        at = np.searchsorted(his, tokens, "left")
+        ok = at < len(his)
+        ok[ok] = tokens[ok] > los[at[ok]]
+        found[ok] = index[at[ok]]
+    return found
 
 
 def _clockwise_orders(owner: np.ndarray, n: int) -> np.ndarray:

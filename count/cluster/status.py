@@ -10,6 +10,7 @@ from count.cluster.antientropy import AntiEntropy
 from count.cluster.catchup import CatchUp
 from count.cluster.context import NodeContext
 from count.cluster.placement import Placement
+from count.cluster.streaming import Streaming
 from count.messages import ClusterStatus, Endpoints, Health, Live, Readiness, Reply, Stats
 
 
@@ -17,10 +18,16 @@ def _label(name: int | str, address: str) -> str:
     return f"the node at {address}" if name == address else f"node {name} ({address})"
 
 
+def _streamed(ctx: NodeContext, address: str) -> int | None:
+    beat = ctx.membership.latest(address)
+    return None if beat is None else beat.streamed
+
+
 class Status:
     def __init__(self, ctx: NodeContext, placement: Placement, anti_entropy: AntiEntropy,
-                 catchup: CatchUp) -> None:
+                 catchup: CatchUp, streaming: Streaming) -> None:
         self.ctx = ctx
+        self.streaming = streaming
         self.catchup = catchup
         self.placement = placement
         self.anti_entropy = anti_entropy
@@ -37,7 +44,7 @@ class Status:
         membership = ctx.membership
         down = tuple(_label(ctx.name_of(m), m) for m in membership.members
                      if not membership.alive(m))
-        return health.NodeState(alive=membership.alive_count(), members=membership.size,
+        return health.NodeState(alive=membership.alive_voters(), members=membership.size,
                                 down=down, storage_problem=ctx.replica.storage_problem(),
                                 syncing=self.catchup.syncing)
 
@@ -63,7 +70,8 @@ class Status:
         ctx = self.ctx
         stats = ctx.replica.stats()
         stats.update(ctx.counters, hints_pending=sum(ctx.hints.pending().values()),
-                     anti_entropy=self.anti_entropy.progress())
+                     anti_entropy=self.anti_entropy.progress(),
+                     streaming=self.streaming.progress())
         reply(200, stats)
 
     def endpoints(self, msg: Endpoints, reply: Reply) -> None:
@@ -75,22 +83,30 @@ class Status:
         members = []
         own = self.load()
         owns = ctx.ring.ownership(ctx.rf)
+        topology = ctx.topology
         for view in ctx.membership.view(ctx.now_s()):
             load = own if view.is_self else view.load
             state = view.state
             if view.is_self and self.catchup.syncing:
                 state = "syncing"
             members.append({
-                "node_id": view.node_id, "address": view.address, "state": state,
-                "alive": view.alive, "self": view.is_self,
+                "node_id": view.node_id, "address": view.address,
+                "ring_state": topology.state(view.address) or "not a member",
+                "state": state, "alive": view.alive, "self": view.is_self,
                 "heartbeat_age_s": None if view.heartbeat_age_s is None
                 else round(view.heartbeat_age_s, 3),
                 "ownership": round(owns.get(view.address, 0.0), 4),
                 "points": load.get("points"), "bytes": load.get("bytes"),
                 "hints_pending": sum(load.get("hints", {}).values()),
+                "streaming": self.streaming.progress() if view.is_self
+                else {"streamed_epoch": _streamed(ctx, view.address)},
             })
         reply(200, {"node_id": ctx.config.node_id, "address": ctx.self_address,
                     "status": ctx.membership.health(),
-                    "cluster_size": ctx.membership.alive_count(),
-                    "replication_factor": ctx.rf,
+                    "cluster_size": ctx.membership.alive_voters(),
+                    "replication_factor": ctx.rf, "epoch": topology.epoch,
+                    "confirmed": ctx.confirmed,
+                    "change": None if topology.changing() is None else {
+                        "node_id": ctx.name_of(topology.changing().address),  # type: ignore[union-attr]
+                        "state": topology.changing().state},  # type: ignore[union-attr]
                     "ring": ctx.ring.digest(), "members": members})

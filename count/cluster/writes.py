@@ -34,7 +34,7 @@ class Writes:
         if not membership.has_majority():
             ctx.counters["writes_refused"] += 1
             raise Unavailable(
-                f"network partition: this node sees {membership.alive_count()} of "
+                f"network partition: this node sees {membership.alive_voters()} of "
                 f"{membership.size} members alive, fewer than a majority, so it refuses "
                 "writes; send them to a node on the majority side")
         write = msg.with_version(ctx.replica.clock.next())

@@ -28,7 +28,13 @@ Commands (``N`` is a node's index, ``S`` a series name, ``A``/``B`` lists such a
                           which the loop does first after the stall (default: the seed picks)
     disk N full|ok        N's storage refuses writes with 507, or takes them again
     skew N -1500ms        N's wall clock (and so the write versions it assigns) that far off
-    add N members=1,2,3,4      a new node N listing those members (not started)
+    add N members=1,2,3,4      a new node N listing those members (not started); started
+                          with itself and live members listed, it joins the ring
+    decommission N        N leaves the ring (POST /cluster/decommission): ``202`` at once
+    removenode via=N node=M   M, dead, is taken out (POST /cluster/removenode/M)
+    ring node=N           N's topology: its epoch and every member's state, and whether N
+                          has exited (a decommissioned node exits 0)
+    streaming node=N      N's streaming progress: ranges done of total, points fetched
     restart N [members=1,2,3]  crash N and start it again (listing other members)
     repair via=N          an anti-entropy round now (POST /cluster/repair), in short
     endpoints series=S [via=N]  S's replicas as N places them (default: the first node up)
@@ -57,7 +63,15 @@ from typing import Any
 
 import numpy as np
 
-from count.messages import Aggregate, Insert, Message, ReadRange, Repair
+from count.messages import (
+    Aggregate,
+    Decommission,
+    Insert,
+    Message,
+    ReadRange,
+    RemoveNode,
+    Repair,
+)
 from count.sim.world import SimNode, World
 from count.storage.merge import Columns
 from count.storage.writes import TIMESTAMP_MAX_MS
@@ -265,6 +279,15 @@ class Scenario:
                 f"received={body['points_received']} sent={body['points_sent']} "
                 f"errors={len(body['errors'])}")
 
+    def cmd_decommission(self, words: list[str]) -> str:
+        status, body = self._ask(words[0], Decommission())
+        return f"{status}" if status == 202 else _failure(status, body)
+
+    def cmd_removenode(self, words: list[str]) -> str:
+        _, a = _args(words)
+        status, body = self._ask(_need(a, "via"), RemoveNode(_need(a, "node")))
+        return f"{status} epoch={body['epoch']}" if status == 202 else _failure(status, body)
+
     # -- faults ------------------------------------------------------------------------
 
     def cmd_partition(self, words: list[str]) -> str:
@@ -361,6 +384,27 @@ class Scenario:
                         + ("self" if v.is_self else "down" if not v.alive
                            else "alive" if v.state == "normal" else v.state)
                         for v in views)
+
+    def cmd_ring(self, words: list[str]) -> str:
+        _, a = _args(words)
+        node = self._node(_need(a, "node"))
+        if node.core is None:
+            return (f"node{node.index} exited {node.exit_code}" if node.exit_code is not None
+                    else f"node{node.index} is down")
+        ctx = node.core.ctx
+        members = " ".join(f"{_name(self.w, m.address)}={m.state}" for m in ctx.topology.members)
+        return (f"epoch={ctx.topology.epoch}{'' if ctx.confirmed else ' unconfirmed'} "
+                f"{members}")
+
+    def cmd_streaming(self, words: list[str]) -> str:
+        _, a = _args(words)
+        node = self._node(_need(a, "node"))
+        if node.core is None:
+            return f"node{node.index} is down"
+        p = node.core.streaming.progress()
+        if not p["active"]:
+            return f"idle streamed_epoch={p['streamed_epoch']}"
+        return f"epoch={p['epoch']} ranges={p['ranges_done']}/{p['ranges_total']} points={p['points']}"
 
     def cmd_counters(self, words: list[str]) -> str:
         names, a = _args(words)

@@ -102,9 +102,10 @@ class SimNode:
         self.world = world
         self.index = index
         self.address = f"node{index}:8080"
-        self.config = config
+        self.config = config  # for the next start (a restart with another CLUSTER_NODES, say)
         self.clock = SimClock(world, origin_s=1000.0 * index)
         self.state = "down"  # up | down | paused
+        self.exit_code: int | None = None  # set when it exited after leaving the cluster
         self.incarnation = 0
         self.disk_full = False
         self.storage: SimStorage | None = None
@@ -118,19 +119,10 @@ class SimNode:
     def data_dir(self) -> str:
         return self.config.data_dir
 
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @config.setter
-    def config(self, config: Config) -> None:
-        """Settings for the next start (a restart with another CLUSTER_NODES, say)."""
-        self._config = config
-        self.listed = frozenset(config.members())
-
     def start(self) -> None:
         assert self.state == "down"
         self.incarnation += 1
+        self.exit_code = None
         self.storage = SimStorage(
             lambda: self.disk_full, self.data_dir,
             map_size_bytes=self.config.lmdb_map_size_mb << 20,
@@ -158,6 +150,18 @@ class SimNode:
         self.inbox.clear()  # what its clients wait for times out
         self.next_turn_s = None
         self.world.trace("crash", self.index, self.incarnation)
+
+    def exit(self) -> None:
+        """The node left the cluster: its process stops cleanly, as count-server exits."""
+        assert self.storage is not None and self.core is not None
+        self.exit_code = self.core.exit_code
+        self.storage.close(clean=True)
+        self.storage = None
+        self.core = None
+        self.state = "down"
+        self.inbox.clear()
+        self.next_turn_s = None
+        self.world.trace("exit", self.index, self.exit_code)
 
     def wipe(self) -> None:
         self.crash()
@@ -226,14 +230,18 @@ class SimNode:
             net.send(self, token[0], "reply", frame, token)
         for frame in ready.publish:
             for peer in self.world.nodes.values():
-                # A node's SUB socket connects to the members its CLUSTER_NODES lists.
-                if peer is not self and self.address in peer.listed:
+                # A node's SUB socket connects to the peers its topology names.
+                if (peer is not self and peer.core is not None
+                        and self.address in peer.core.ctx.links):
                     net.send(self, peer, "gossip", frame, None)
         for token, status, body in ready.replies:
             callback = self.waiting.pop(token, None)
             if callback is not None:
                 self.world.trace("reply", self.index, token, status)
                 callback(status, body)
+        if self.core is not None and self.core.exit_code is not None:
+            self.exit()
+            return
         if ready.more_work:
             self.wake(self.world.now_s + BUSY_TURN_S)
         elif ready.wake_s is not None:

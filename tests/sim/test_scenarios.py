@@ -42,15 +42,15 @@ def test_scenario(path: Path) -> None:
         pytest.fail("\n".join(diff), pytrace=False)
 
 
-def test_the_moved_ranges_script_catches_cleanup_dropping_before_the_new_owner_has_it() -> None:
+def test_the_standin_script_catches_cleanup_dropping_before_the_replica_has_it() -> None:
     """Run with the ``cleanup_without_ack`` mutant (in a process of its own: mutants patch
-    the node's classes), the add-node script loses the moved series: seeds rarely make a
-    stand-in's copy the last one, but a range moved to a new owner always is."""
-    script = (TESTDATA / "moved_ranges.txt").read_text()
+    the node's classes), the stand-in script loses the series: seeds rarely make a
+    stand-in's copy the last one, but this script always does."""
+    script = (TESTDATA / "standin_leftovers.txt").read_text()
     code = ("import sys; from count.sim import mutants; mutants.apply('cleanup_without_ack'); "
             "from count.sim.scenario import render, run_script; t = sys.stdin.read(); "
             "sys.stdout.write(render(t, run_script(t)))")
     done = subprocess.run([sys.executable, "-c", code], input=script, capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout != script
-    assert "read via=1 series=s1\n----\n200 points=0 ts=-\n" in done.stdout, done.stdout
+    assert "read via=1 series=s0\n----\n200 points=0 ts=-\n" in done.stdout, done.stdout

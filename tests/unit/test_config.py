@@ -51,6 +51,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "MAX_HINT_WINDOW_SECONDS": ["-1", "3h"],
     "ANTI_ENTROPY_INTERVAL_SECONDS": ["-5", "1m"],
     "CLEANUP_INTERVAL_SECONDS": ["-1", "10s"],
+    "STREAM_THROUGHPUT_POINTS": ["-1", "fast"],
 }
 
 BAD_CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]

@@ -347,7 +347,7 @@ def test_view_shows_every_member_in_configuration_order():
     (Event("unreachable", B, None, ""), "Node 127.0.0.1:8081 unreachable (127.0.0.1:8081)"),
     (Event("config_mismatch", B, 2, "x"),
      ("Cluster configuration differs: node 2 (127.0.0.1:8081) lists other members than this"
-      " node (CLUSTER_NODES must be the same on every node)")),
+      " node (CLUSTER_NODES must be the same on every node of a new cluster; x)")),
 ])
 def test_describe(event, line):
     assert describe(event) == line
@@ -362,13 +362,14 @@ heartbeats = st.builds(
     node_id=st.one_of(counts, names), address=names, generation=counts, seq=counts,
     state=st.sampled_from(["normal", "leaving"]), members_digest=names,
     load=st.fixed_dictionaries({"points": counts, "bytes": counts,
-                                "hints": st.dictionaries(names, counts, max_size=20)}))
+                                "hints": st.dictionaries(names, counts, max_size=20)}),
+    epoch=counts, streamed=counts)
 
 
 @given(heartbeats)
 def test_wire_round_trip_through_msgpack(beat):
     wire = msgpack.unpackb(msgpack.packb(beat.to_wire(), use_bin_type=True), raw=False)
-    assert wire[0] == 1
+    assert wire[0] == 2
     assert Heartbeat.from_wire(wire) == beat
 
 
@@ -382,7 +383,7 @@ def replaced(index: int, value: object) -> list:
 
 
 @pytest.mark.parametrize("obj", [
-    None, 1, "heartbeat", {}, [], [2] + GOOD[1:], [True] + GOOD[1:], ["1"] + GOOD[1:],
+    None, 1, "heartbeat", {}, [], [1] + GOOD[1:], [True] + GOOD[1:], ["1"] + GOOD[1:],
     GOOD[:-1], GOOD + [0],
     replaced(1, -2), replaced(1, 1.5), replaced(1, ""), replaced(1, None), replaced(1, True),
     replaced(2, "x" * (WIRE_STRING_CHARS_MAX + 1)), replaced(2, b"127.0.0.1:8081"),
@@ -391,6 +392,7 @@ def replaced(index: int, value: object) -> list:
     replaced(7, -5), replaced(8, 2.5), replaced(9, [[C, 1]]), replaced(9, {C: -1}),
     replaced(9, {1: 1}), replaced(9, {C: "1"}), replaced(9, {"x" * 300: 1}),
     replaced(9, {f"10.0.0.{i}:80": 1 for i in range(WIRE_HINT_ENTRIES_MAX + 1)}),
+    replaced(10, -1), replaced(10, "1"), replaced(11, 1.5),
 ])
 def test_from_wire_refuses_malformed_heartbeats(obj):
     with pytest.raises(ValueError):
