@@ -69,7 +69,12 @@ class Supervisor:
 
     def run(self) -> int:
         """Run the node until a signal or a child's death; its exit code."""
-        path = metrics_dir.create()
+        try:
+            path = metrics_dir.create()
+        except OSError as exc:
+            log.error("Cannot create the HTTP workers' metrics directory: %s (TMPDIR must be a "
+                      "writable directory)", exc)
+            return 2
         os.environ[metrics_dir.ENV_NAME] = str(path)  # inherited by the HTTP server
         try:
             return self._run()
