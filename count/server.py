@@ -20,6 +20,7 @@ import sys
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
+from count import metrics_dir
 from count.cluster.changes import EXIT_LEFT_BEFORE
 from count.cluster.self_address import find_self
 from count.config import Config, ConfigError, load_config
@@ -68,6 +69,20 @@ class Supervisor:
             pass
 
     def run(self) -> int:
+        """Run the node until a signal or a child's death; its exit code."""
+        try:
+            path = metrics_dir.create()
+        except OSError as exc:
+            log.error("Cannot create the HTTP workers' metrics directory: %s (TMPDIR must be a "
+                      "writable directory)", exc)
+            return 2
+        os.environ[metrics_dir.ENV_NAME] = str(path)  # inherited by the HTTP server
+        try:
+            return self._run()
+        finally:
+            metrics_dir.remove(path)
+
+    def _run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         endpoint = broker_endpoint(self.config)

@@ -8,10 +8,15 @@ from count.broker.client import NodeClient
 from count.config import Config
 from count.errors import CountError
 from count.http import errors, resources
+from count.http.metrics_resource import Metrics, NodeCollector
+from count.http.request_metrics import RequestMetrics
 
 
-def create_app(config: Config, client: NodeClient) -> falcon.App[falcon.Request, falcon.Response]:
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+def create_app(config: Config, client: NodeClient, server_pid: int
+               ) -> falcon.App[falcon.Request, falcon.Response]:
+    """The app of one worker; ``server_pid`` is count-server's, whose process tree
+    ``/metrics`` reports."""
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[RequestMetrics()])
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(CountError, errors.handle_count_error)
@@ -28,4 +33,5 @@ def create_app(config: Config, client: NodeClient) -> falcon.App[falcon.Request,
     app.add_route("/cluster/endpoints/{series:path}", resources.Endpoints(*args))
     app.add_route("/cluster/status", resources.ClusterStatus(*args))
     app.add_route("/cluster/repair", resources.Repair(*args))
+    app.add_route("/metrics", Metrics(NodeCollector(config, client, server_pid)))
     return app

@@ -11,6 +11,7 @@ GRACEFUL_TIMEOUT_S for it and SIGKILL it).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
+from prometheus_client import multiprocess
 
 from count.broker.client import NodeClient
 from count.config import Config
 from count.http.app import create_app
 from count.lifecycle import child_ignores_sigint, die_with_parent
 from count.logfilter import install_log_filter, parse_log_filter
+from count.metrics_dir import ENV_NAME
 
 # Seconds gunicorn gives workers to finish in-flight requests on SIGTERM.
 GRACEFUL_TIMEOUT_S = 20
@@ -59,9 +62,10 @@ class CountWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type h
 
 
 class HttpServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
-    def __init__(self, config: Config, endpoint: str) -> None:
+    def __init__(self, config: Config, endpoint: str, server_pid: int) -> None:
         self.config = config
         self.endpoint = endpoint
+        self.server_pid = server_pid
         super().__init__()
 
     def load_config(self) -> None:
@@ -80,6 +84,7 @@ class HttpServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type
             "proc_name": "count-http",
             "limit_request_line": 8190,
             "post_worker_init": self._post_worker_init,
+            "child_exit": self._child_exit,
         }
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: one per machine
             settings["control_socket_disable"] = True
@@ -89,9 +94,15 @@ class HttpServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type
     def _post_worker_init(self, worker: Any) -> None:
         install_log_filter(self.config.log_level, f"http-{worker.pid}")
 
+    def _child_exit(self, server: Any, worker: Any) -> None:
+        """In the master: a dead worker's live gauges (requests in flight) leave the sums;
+        its counters and histograms stay, as counts of what it served."""
+        if ENV_NAME in os.environ:
+            multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
     def load(self) -> Any:
         client = NodeClient(self.endpoint, self.config.request_timeout_ms)
-        return create_app(self.config, client)
+        return create_app(self.config, client, self.server_pid)
 
     def run(self) -> None:
         """BaseApplication.run with Count's arbiter."""
@@ -107,4 +118,4 @@ def run_http_server(config: Config, endpoint: str) -> None:
     die_with_parent()
     child_ignores_sigint()
     install_log_filter(config.log_level, "http")
-    HttpServer(config, endpoint).run()
+    HttpServer(config, endpoint, os.getppid()).run()
