@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from count.progress import Progress
@@ -29,6 +29,10 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
 # POST /cluster/repair waits for a whole anti-entropy round (the node bounds it at 600 s).
 REPAIR_TIMEOUT_S = 660.0
+# A membership change is answered once a majority has agreed it; the wait for its end is
+# bounded by --timeout.
+CHANGE_TIMEOUT_S = 40.0
+CHANGE_WAIT_S = 3600.0
 # How often a long command asks the node how far it has got.
 PROGRESS_POLL_S = 0.5
 
@@ -216,6 +220,20 @@ def _age(value: Any) -> str:
     return f"{value:.1f} s" if isinstance(value, (int, float)) else "-"
 
 
+def _share(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _streaming(progress: Any) -> str:
+    """A member's streaming: ``12/150 ranges 3.1M pts 510,000/s ETA 20 s`` while it fetches."""
+    if not isinstance(progress, dict) or not progress.get("active"):
+        return "-"
+    eta = progress.get("eta_s")
+    return (f"{progress.get('ranges_done')}/{progress.get('ranges_total')} ranges "
+            f"{_count(progress.get('points'))} pts {_count(progress.get('points_per_s'))}/s"
+            + (f" ETA {eta:.0f} s" if isinstance(eta, (int, float)) else ""))
+
+
 def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
     return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -226,17 +244,23 @@ def format_status(status: dict[str, Any]) -> str:
     """A nodetool-status-like table of GET /cluster/status."""
     members = status.get("members") or []
     up = sum(1 for m in members if m.get("alive"))
+    change = status.get("change")
     lines = [(f"Cluster: {status.get('status')}, {up} of {len(members)} nodes up, "
               f"replication factor {status.get('replication_factor')}, "
-              f"ring {status.get('ring')}\n")]
-    rows = [("", "State", "Node", "Address", "Points", "Bytes", "Hints", "Heartbeat")]
+              f"epoch {status.get('epoch')}, ring {status.get('ring')}\n")]
+    if change:
+        lines.append(f"Change in flight: node {change.get('node_id')} {change.get('state')}\n")
+    rows = [("", "State", "Ring", "Node", "Address", "Owns", "Points", "Bytes", "Hints",
+             "Heartbeat", "Streaming")]
     for m in members:
         state = "Up" if m.get("alive") else "Down"
         if m.get("state") not in (None, "normal"):
             state += f" ({m['state']})"
-        rows.append(("*" if m.get("self") else "", state, str(m.get("node_id")),
-                     str(m.get("address")), _count(m.get("points")), human_bytes(m.get("bytes")),
-                     _count(m.get("hints_pending")), _age(m.get("heartbeat_age_s"))))
+        rows.append(("*" if m.get("self") else "", state, str(m.get("ring_state", "-")),
+                     str(m.get("node_id")), str(m.get("address")), _share(m.get("ownership")),
+                     _count(m.get("points")), human_bytes(m.get("bytes")),
+                     _count(m.get("hints_pending")), _age(m.get("heartbeat_age_s")),
+                     _streaming(m.get("streaming"))))
     lines.append(_table(rows))
     lines.append(f"* = the node that answered (node {status.get('node_id')}, "
                  f"{status.get('address')}); heartbeat = age of its last heartbeat from each peer\n")
@@ -313,6 +337,79 @@ def cmd_repair(args: argparse.Namespace) -> None:
         raise CliError(f"repair finished with {len(errors)} error{'s' if len(errors) > 1 else ''}")
 
 
+def _change_progress(status: dict[str, Any]) -> tuple[int, int]:
+    """How far the membership change in flight has got: owners-to-be that have fetched
+    their new ranges (their streamed epoch is the current one), of all of them."""
+    epoch = status.get("epoch")
+    change = status.get("change") or {}
+    members = [m for m in status.get("members") or []
+               if m.get("ring_state") in ("normal", "joining")
+               and m.get("node_id") != change.get("node_id")]
+    done = sum(1 for m in members if (m.get("streaming") or {}).get("streamed_epoch") == epoch)
+    return done, len(members)
+
+
+def _wait_for_change(url: str, what: str, finished: Callable[[dict[str, Any] | None], bool],
+                     timeout_s: float) -> None:
+    """Poll GET /cluster/status until ``finished`` (given None once the node stops
+    answering), showing the members that have fetched their ranges."""
+    progress = Progress(sys.stderr, what, "members streamed")
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout_s:
+            try:
+                status: dict[str, Any] | None = _request(url, "GET", "/cluster/status")
+            except CliError:
+                status = None
+            if finished(status):
+                return
+            if status is not None:
+                progress.update(*_change_progress(status), time.monotonic() - started)
+            time.sleep(PROGRESS_POLL_S)
+    finally:
+        progress.finish()
+    raise CliError(f"{what} has not finished after {timeout_s:.0f} s; it goes on: "
+                   "`count status` shows how far it has got")
+
+
+def cmd_decommission(args: argparse.Namespace) -> None:
+    reply = _request(args.url, "POST", "/cluster/decommission", timeout_s=CHANGE_TIMEOUT_S)
+    if args.json:
+        _print(reply)
+    else:
+        sys.stdout.write(f"Node {reply.get('decommissioning')} is leaving: its ranges stream "
+                         "to their new owners, then it exits 0\n")
+    if args.wait:
+        # The node stops answering once it has left (count-server exits 0).
+        _wait_for_change(args.url, "decommission", lambda status: status is None,
+                         args.timeout)
+        if not args.json:
+            sys.stdout.write(f"Node {reply.get('decommissioning')} decommissioned\n")
+
+
+def cmd_removenode(args: argparse.Namespace) -> None:
+    node = urllib.parse.quote(args.node, safe="")
+    reply = _request(args.url, "POST", f"/cluster/removenode/{node}",
+                     timeout_s=CHANGE_TIMEOUT_S)
+    if args.json:
+        _print(reply)
+    else:
+        sys.stdout.write(f"Node {reply.get('removing')} is being removed (epoch "
+                         f"{reply.get('epoch')}): its ranges are fetched from the surviving "
+                         "replicas\n")
+
+    def gone(status: dict[str, Any] | None) -> bool:
+        if status is None:
+            raise CliError(f"{args.url} stopped answering; the removal goes on without it")
+        return not any(str(m.get("node_id")) == str(reply.get("removing"))
+                       and m.get("ring_state") == "removing" for m in status["members"])
+
+    if args.wait:
+        _wait_for_change(args.url, "removenode", gone, args.timeout)
+        if not args.json:
+            sys.stdout.write(f"Node {reply.get('removing')} removed\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="count", description=__doc__.splitlines()[0],
                                      epilog="exit status: 0 success; 1 the node answered with "
@@ -361,6 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
     repair = command("repair", "run an anti-entropy round now; exit 1 on errors")
     repair.set_defaults(run=cmd_repair)
+    decommission = command("decommission", "this node (--url) leaves the cluster: its ranges "
+                           "stream to their new owners, then it exits 0")
+    decommission.set_defaults(run=cmd_decommission)
+    removenode = command("removenode", "take a dead node out (by NODE_ID or address); its "
+                         "ranges are re-replicated from the surviving replicas")
+    removenode.add_argument("node")
+    removenode.set_defaults(run=cmd_removenode)
+    for change in (decommission, removenode):
+        change.add_argument("--no-wait", dest="wait", action="store_false",
+                            help="return once the change is under way")
+        change.add_argument("--timeout", type=float, default=CHANGE_WAIT_S,
+                            help=f"seconds to wait for the end (default {CHANGE_WAIT_S:.0f})")
     return parser
 
 

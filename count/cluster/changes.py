@@ -50,6 +50,7 @@ from count.messages import (
 log = logging.getLogger("count.cluster")
 
 PAXOS_RECORD = "paxos"
+LISTED_RECORD = "cluster_nodes"
 CHANGES_QUEUED_MAX = 16
 # A proposal that lost to another (or found no majority) is tried again, this many times.
 ATTEMPTS_MAX = 20
@@ -57,6 +58,9 @@ RETRY_S = 0.5
 JOIN_RETRY_S = 2.0
 FINISH_CHECK_S = 1.0
 WAITING_LOG_S = 30.0
+# A member taken out of CLUSTER_NODES is removed once it is seen going down, or if it has
+# not been heard at all this long after this node started.
+UNHEARD_REMOVED_AFTER_S = 60.0
 # The exit code of a node started on the data of a member that has left.
 EXIT_LEFT_BEFORE = 2
 
@@ -91,6 +95,8 @@ class Changes:
         self._waiting_logged_s = -WAITING_LOG_S
         self.decommissioning = False
         self.exit_code: int | None = None
+        self._unlisted = self._unlisted_members()
+        self._started_s = ctx.now_s()
         if ctx.topology.state(ctx.self_address) == "left":
             self._left_before()
 
@@ -166,6 +172,21 @@ class Changes:
                 self.exit_code = 0
             else:
                 self._left_before()
+
+    def _unlisted_members(self) -> set[str]:
+        """Members removed from CLUSTER_NODES between starts of this node (remembered until
+        they are listed again): never listed is no such thing (a dynamically joined node)."""
+        ctx = self.ctx
+        storage = ctx.replica.storage
+        listed = ctx.config.members() if ctx.config.cluster_enabled else []
+        raw = storage.meta_get(LISTED_RECORD)
+        before, unlisted = msgpack.unpackb(raw) if raw else ([], [])
+        unlisted = (set(unlisted) | set(before)) - set(listed)
+        try:
+            storage.meta_put(LISTED_RECORD, msgpack.packb([listed, sorted(unlisted)]))
+        except CountError as exc:
+            log.warning("Could not record this node's CLUSTER_NODES: %s", exc)
+        return unlisted
 
     def _left_before(self) -> None:
         log.error("Node %s has left the cluster (decommissioned or removed): it serves "
@@ -352,15 +373,18 @@ class Changes:
         if not self.ctx.is_member() and self.ctx.confirmed and now_s >= self._next_join_s:
             self._next_join_s = now_s + JOIN_RETRY_S
             self._ask_to_join()
-        if self.ctx.topology.changing() is not None and now_s >= self._next_finish_s:
+        if now_s >= self._next_finish_s:
             self._next_finish_s = now_s + FINISH_CHECK_S
-            self._maybe_finish(now_s)
+            if self.ctx.topology.changing() is not None:
+                self._maybe_finish(now_s)
+            else:
+                self._remove_omitted()
 
     def next_wake_s(self) -> float | None:
         due = [self._queue[0].not_before_s] if self._queue else []
         if not self.ctx.is_member():
             due.append(self._next_join_s)
-        if self.ctx.topology.changing() is not None:
+        if self.ctx.topology.changing() is not None or self._omitted():
             due.append(self._next_finish_s)
         return min(due) if due else None
 
@@ -382,6 +406,29 @@ class Changes:
                 log.warning("Malformed join answer from node %s: %s", ctx.name_of(seed), exc)
 
         ctx.ask(seed, JoinRequest(ctx.self_address, ctx.config.node_id), answered)
+
+    def _omitted(self) -> list[str]:
+        """Owners an operator took out of this node's CLUSTER_NODES: the guide's manual
+        removal (restart the others without the node, then stop it)."""
+        ctx = self.ctx
+        if not ctx.confirmed or ctx.self_address not in ctx.topology.owners():
+            return []
+        return [a for a in ctx.topology.owners() if a in self._unlisted]
+
+    def _remove_omitted(self) -> None:
+        """Take out (as removenode does) a member left out of CLUSTER_NODES once it is down."""
+        ctx = self.ctx
+        unheard = ctx.now_s() - self._started_s >= UNHEARD_REMOVED_AFTER_S
+        down = [a for a in self._omitted() if ctx.membership.down_since_s(a) is not None
+                or (unheard and ctx.membership.latest(a) is None)]
+        if not down or self._proposal is not None or self._queue:
+            return
+        address = down[0]
+        log.info("Node %s is not in this node's CLUSTER_NODES and is down: removing it from "
+                 "the ring (as `count removenode %s` does)", ctx.name_of(address),
+                 ctx.name_of(address))
+        self.request(lambda t: t.leave(address, removed=True), _ignore_done,
+                     f"node {ctx.name_of(address)} removed (left out of CLUSTER_NODES)")
 
     def _maybe_finish(self, now_s: float) -> None:
         """End the change in flight once every member gaining ranges has streamed them."""

@@ -364,9 +364,10 @@ def _starting_topology(config: Config, self_address: str, replica: LocalReplica
                          "starting with itself and a live member in its CLUSTER_NODES; nothing "
                          "changes here", address)
         for address in sorted(set(stored.owners()) - listed) if listed else ():
-            log.warning("CLUSTER_NODES no longer lists %s, which is still a member: the ring "
-                        "is cluster state; run `count decommission` on that node to take it "
-                        "out, or `count removenode ID` if it is dead", address)
+            log.warning("CLUSTER_NODES does not list %s, which is a member: the ring is "
+                        "cluster state. If it was taken out of this list, it is removed once "
+                        "it stops (the guide's manual removal); `count decommission` on it, or "
+                        "`count removenode ID` if it is dead, do the same at once", address)
         return stored, True
     if not config.cluster_enabled:
         return Topology.initial([self_address], {self_address: config.node_id}), True

@@ -33,5 +33,7 @@ def create_app(config: Config, client: NodeClient, server_pid: int
     app.add_route("/cluster/endpoints/{series:path}", resources.Endpoints(*args))
     app.add_route("/cluster/status", resources.ClusterStatus(*args))
     app.add_route("/cluster/repair", resources.Repair(*args))
+    app.add_route("/cluster/decommission", resources.Decommission(*args))
+    app.add_route("/cluster/removenode/{node}", resources.RemoveNode(*args))
     app.add_route("/metrics", Metrics(NodeCollector(config, client, server_pid)))
     return app

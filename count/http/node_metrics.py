@@ -62,6 +62,16 @@ ROUND_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("points_received", "points_received", "Points received from peers."),
     ("points_sent", "points_sent", "Points sent to peers."),
 )
+# Fields of a running stream: (field, help).
+STREAMING_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ranges_done", "Ranges fetched so far in the change in flight."),
+    ("ranges_total", "Ranges this node fetches in the change in flight."),
+    ("points", "Points fetched so far in the change in flight."),
+    ("points_per_s", "Points per second fetched in the change in flight."),
+    ("streamed_epoch", "The last topology epoch whose ranges this node fetched in full."),
+)
+# Ring states of the topology, always exported per member state.
+RING_STATES = ("joining", "normal", "leaving", "removing")
 # Member states always exported (0 when no member is in it), so that alerts can compare them.
 MEMBER_STATES = ("normal", "syncing", "leaving", "unknown")
 CLUSTER_STATUSES = ("healthy", "degraded", "unhealthy")
@@ -93,6 +103,19 @@ def stats_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
     anti_entropy = stats.get("anti_entropy")
     if isinstance(anti_entropy, Mapping):
         yield from _anti_entropy_families(anti_entropy)
+    streaming = stats.get("streaming")
+    if isinstance(streaming, Mapping):
+        yield from _streaming_families(streaming)
+
+
+def _streaming_families(progress: Mapping[str, Any]) -> Iterator[Metric]:
+    """A membership change's streaming on this node (``streaming.Streaming.progress``)."""
+    yield _gauge("count_streaming_active", "1 while this node fetches ranges it gains in a "
+                 "membership change.", float(bool(progress.get("active"))))
+    for field, help_text in STREAMING_FIELDS:
+        value = _number(progress.get(field))
+        if value is not None:
+            yield _gauge(f"count_streaming_{field}", help_text, value)
 
 
 def _anti_entropy_families(progress: Mapping[str, Any]) -> Iterator[Metric]:
@@ -188,6 +211,17 @@ def cluster_families(status: Mapping[str, Any]) -> Iterator[Metric]:
     for state in dict.fromkeys((*MEMBER_STATES, *states)):
         by_state.add_metric([state], float(states.count(state)))
     yield by_state
+    epoch = _number(status.get("epoch"))
+    if epoch is not None:
+        yield _gauge("count_cluster_epoch", "The topology epoch this node holds (one more per "
+                     "membership change).", epoch)
+    by_ring = GaugeMetricFamily("count_cluster_members_by_ring_state",
+                                "Members in each ring state (joining, normal, leaving, "
+                                "removing) in this node's topology.", labels=["state"])
+    ring_states = [str(m.get("ring_state")) for m in members if m.get("ring_state")]
+    for state in dict.fromkeys((*RING_STATES, *ring_states)):
+        by_ring.add_metric([state], float(ring_states.count(state)))
+    yield by_ring
     yield from _member_families(members)
 
 

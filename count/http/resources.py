@@ -64,6 +64,9 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
 CONSISTENCY_HEADER = "X-Count-Consistency"
 # GET /live waits at most this long for the node process (less if REQUEST_TIMEOUT_MS is).
 LIVE_TIMEOUT_MS = 1000
+# A membership change is answered once a majority has agreed it (several round trips, and
+# retries when two proposals meet).
+CHANGE_TIMEOUT_MS = 30_000
 # POST /cluster/repair waits for a whole anti-entropy round; bounded all the same.
 REPAIR_TIMEOUT_MS = 600_000
 
@@ -202,3 +205,20 @@ class ClusterStatus(Base):
 class Repair(Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         _json(resp, self.client.call(op.Repair(), timeout_ms=REPAIR_TIMEOUT_MS))
+
+
+class Decommission(Base):
+    """POST /cluster/decommission: 202 at once; the node exits 0 once its ranges moved."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, self.client.call(op.Decommission(), timeout_ms=CHANGE_TIMEOUT_MS),
+              falcon.HTTP_202)
+
+
+class RemoveNode(Base):
+    """POST /cluster/removenode/{node}: a dead member out (by NODE_ID or address); 202
+    once it is being removed."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, node: str) -> None:
+        _json(resp, self.client.call(op.RemoveNode(node), timeout_ms=CHANGE_TIMEOUT_MS),
+              falcon.HTTP_202)

@@ -35,15 +35,20 @@ STATS = {
                      "last": {"peers": [2, 3], "ranges_compared": 300, "ranges_differing": 5,
                               "series_differing": 2, "points_received": 40, "points_sent": 41,
                               "errors": ["node 3: timeout"], "duration_ms": 1500.0}},
+    "streaming": {"active": True, "epoch": 2, "ranges_done": 10, "ranges_total": 40,
+                  "points": 5000, "bytes": 120000, "points_per_s": 2500, "eta_s": 6.0,
+                  "sources": ["2"]},
 }
 STATUS = {
     "node_id": 1, "address": "127.0.0.1:8081", "status": "degraded", "cluster_size": 2,
-    "replication_factor": 2, "ring": "a6dd1452dc4e78cf",
+    "replication_factor": 2, "ring": "a6dd1452dc4e78cf", "epoch": 2,
     "members": [
-        {"node_id": 1, "address": "127.0.0.1:8081", "state": "normal", "alive": True,
+        {"node_id": 1, "address": "127.0.0.1:8081", "state": "normal", "ring_state": "normal",
+         "alive": True,
          "self": True, "heartbeat_age_s": None, "ownership": 0.6667, "points": 10,
          "bytes": 4096, "hints_pending": 5},
-        {"node_id": 2, "address": "127.0.0.1:8082", "state": "syncing", "alive": True,
+        {"node_id": 2, "address": "127.0.0.1:8082", "state": "syncing", "ring_state": "joining",
+         "alive": True,
          "self": False, "heartbeat_age_s": 0.25, "ownership": 0.6667, "points": 8,
          "bytes": 2048, "hints_pending": 0},
         {"node_id": None, "address": "127.0.0.1:8083", "state": "unknown", "alive": False,
@@ -89,7 +94,12 @@ def test_every_stats_field_is_a_metric_with_its_value() -> None:
     assert samples[(last + "errors", ())] == 1
     assert samples[(last + "peers", ())] == 2
     assert samples[(last + "duration_seconds", ())] == 1.5
-    mapped = {field for field, _, _ in (*STATS_COUNTERS, *STATS_GAUGES)} | {"anti_entropy"}
+    assert samples[("count_streaming_active", ())] == 1
+    assert samples[("count_streaming_ranges_done", ())] == 10
+    assert samples[("count_streaming_ranges_total", ())] == 40
+    assert samples[("count_streaming_points", ())] == 5000
+    mapped = ({field for field, _, _ in (*STATS_COUNTERS, *STATS_GAUGES)}
+              | {"anti_entropy", "streaming"})
     assert mapped == set(STATS), "a Stats field without a metric (or a metric without a field)"
 
 
@@ -121,6 +131,10 @@ def test_cluster_status_as_gauges_by_member() -> None:
     assert ("count_member_points", (("member", "127.0.0.1:8083"),)) not in samples
     assert samples[("count_member_hints_pending_points", (("member", "1"),))] == 5
     assert samples[("count_cluster_ring_info", (("digest", "a6dd1452dc4e78cf"),))] == 1
+    assert samples[("count_cluster_epoch", ())] == 2
+    assert {dict(labels)["state"]: v for (name, labels), v in samples.items()
+            if name == "count_cluster_members_by_ring_state"} == {
+        "joining": 1, "normal": 1, "leaving": 0, "removing": 0}
     assert samples[("count_node_info", (("address", "127.0.0.1:8081"), ("node_id", "1")))] == 1
     assert samples[("count_member_info", (("address", "127.0.0.1:8082"), ("member", "2"),
                                           ("self", "0")))] == 1

@@ -236,3 +236,168 @@ def test_sloppy_rf_equals_n_has_no_spares():
     assert sloppy_targets(PREF, 5, alive_except("n3")) == \
         [("n1", None), ("n2", None), ("n4", None), ("n5", None)]
     assert sloppy_targets(PREF[:2], 3, alive_except("n1")) == [("n2", None)]
+
+
+# --- moves and arc_of ------------------------------------------------------------------------
+
+moves, arc_of = ring_module.moves, ring_module.arc_of
+TOP = 2 ** 64 - 1
+
+
+def in_arc(t: int, arc: tuple[int, int]) -> bool:
+    """The definition: (lo, hi], wrapping round zero when lo >= hi (lo == hi: the whole ring)."""
+    lo, hi = arc
+    return lo < t <= hi if lo < hi else (t > lo or t <= hi)
+
+
+def brute_arc_of(tokens: list[int], arcs: list[tuple[int, int]]) -> list[int]:
+    found = []
+    for t in tokens:
+        holding = [i for i, arc in enumerate(arcs) if in_arc(t, arc)]
+        assert len(holding) <= 1, "arcs overlap"
+        found.append(holding[0] if holding else -1)
+    return found
+
+
+def probe_tokens(*rings: Ring) -> list[int]:
+    """Every vnode token of the rings and its neighbours, the ends of the ring, and random
+    positions: the places where an off-by-one in arc bounds would show."""
+    edges = {int(t) for r in rings for t in r.vnode_tokens()}
+    near = {(t + d) % 2 ** 64 for t in edges for d in (-1, 0, 1)}
+    rng = random.Random(len(edges))
+    return sorted(near | {0, 1, TOP} | {rng.getrandbits(64) for _ in range(100)})
+
+
+def check_moves(current: Ring, future: Ring, rf_now: int, rf_later: int, names: list[str]
+                ) -> dict[str, list]:
+    """``moves`` against the definition, by series name and by ring position."""
+    gains = moves(current, future, rf_now, rf_later)
+    assert set(gains) <= set(future.members)
+    everyone = sorted(set(current.members) | set(future.members))
+    positions = probe_tokens(current, future)
+    tokens = np.array(positions, np.uint64)
+    cur = [current.range_preference(int(i))[:rf_now] for i in current.token_ranges(tokens)]
+    fut = [future.range_preference(int(i))[:rf_later] for i in future.token_ranges(tokens)]
+    name_tokens = current.tokens_of(names)
+    for member in everyone:
+        arcs = gains.get(member, [])
+        assert member not in gains or arcs, "a member listed with nothing to fetch"
+        bounds = [arc for arc, _ in arcs]
+        at = arc_of(tokens, bounds).tolist()
+        assert at == brute_arc_of(positions, bounds)  # and the arcs are disjoint
+        for t, i, now, later in zip(positions, at, cur, fut):
+            assert (i >= 0) == (member in later and member not in now), (member, t)
+            if i >= 0:
+                assert arcs[i][1] == now, (member, t)
+        for name, i in zip(names, arc_of(name_tokens, bounds).tolist()):
+            now, later = current.replicas(name, rf_now), future.replicas(name, rf_later)
+            assert (i >= 0) == (member in later and member not in now), (member, name)
+            if i >= 0:
+                assert arcs[i][1] == now, (member, name)
+        # adjacent arcs with the same sources are merged
+        for (a, src_a), (b, src_b) in zip(arcs, arcs[1:]):
+            assert not (a[1] == b[0] and src_a == src_b), (member, a, b)
+    return gains
+
+
+POOL = addresses(7)
+
+
+@given(current=st.lists(st.sampled_from(POOL), min_size=1, max_size=7, unique=True),
+       future=st.lists(st.sampled_from(POOL), min_size=1, max_size=7, unique=True),
+       vnodes=st.integers(1, 12), rf_now=st.integers(1, 4), rf_later=st.integers(1, 4))
+@settings(max_examples=80, deadline=None, derandomize=True)
+def test_moves_are_exactly_the_new_replicas_with_the_current_ones_as_sources(
+        current, future, vnodes, rf_now, rf_later):
+    check_moves(Ring(current, vnodes), Ring(future, vnodes), rf_now, rf_later,
+                random_names(150, seed=vnodes))
+
+
+def test_moves_between_equal_rings_or_to_fewer_replicas_are_empty():
+    ring = Ring(addresses(4), vnodes=10)
+    assert moves(ring, ring, 2, 2) == {}
+    assert moves(ring, Ring(addresses(4)[::-1], vnodes=10), 3, 3) == {}
+    assert moves(ring, ring, 3, 2) == {}
+
+
+@pytest.mark.parametrize("rf", [1, 2, 3])
+def test_moves_adding_then_removing_a_member(rf):
+    members, new = addresses(4), addresses(5)[4]
+    before, after = Ring(members, vnodes=20), Ring([*members, new], vnodes=20)
+    names = random_names(300, seed=rf)
+    added = check_moves(before, after, rf, rf, names)
+    assert set(added) == {new}  # only the newcomer fetches anything
+    assert all(new not in sources and len(sources) == rf for _, sources in added[new])
+    removed = check_moves(after, before, rf, rf, names)
+    assert new not in removed and removed
+    # what each member fetches when it goes is what that member lost when it came
+    for member, arcs in removed.items():
+        assert all(new in sources for _, sources in arcs)
+        at = arc_of(after.tokens_of(names), [arc for arc, _ in arcs]).tolist()
+        for name, i in zip(names, at):
+            lost = member in before.replicas(name, rf) and member not in after.replicas(name, rf)
+            assert (i >= 0) == lost
+
+
+def test_moves_growing_from_one_member_to_two_with_rf_two():
+    """The newcomer takes the whole ring, as one arc, from the only member."""
+    before, after = Ring(["a"]), Ring(["a", "b"])
+    gains = check_moves(before, after, 1, 2, random_names(200, seed=5))
+    top = int(np.union1d(before.vnode_tokens(), after.vnode_tokens())[-1])
+    assert gains == {"b": [((top, top), ["a"])]}
+    everywhere = np.array(probe_tokens(before, after), np.uint64)
+    assert (arc_of(everywhere, [(top, top)]) == 0).all()
+
+
+def test_moves_raising_rf_on_one_ring():
+    ring = Ring(addresses(3), vnodes=8)
+    gains = check_moves(ring, ring, 1, 2, random_names(200, seed=6))
+    assert set(gains) == set(addresses(3))
+    for member, arcs in gains.items():
+        for _, sources in arcs:
+            assert len(sources) == 1 and sources != [member]
+
+
+def test_tokens_of_token_ranges_and_vnode_tokens_agree_with_the_scalar_forms():
+    ring = Ring(addresses(3), vnodes=16)
+    names = random_names(100, seed=8)
+    tokens = ring.tokens_of(names)
+    assert tokens.dtype == np.uint64 and tokens.tolist() == [token(n) for n in names]
+    assert ring.token_ranges(tokens).tolist() == [ring.range_index(n) for n in names]
+    vt = ring.vnode_tokens()
+    assert len(vt) == ring.ranges() and (np.diff(vt.astype(object)) >= 0).all()
+    assert sorted(vt.tolist()) == sorted(token(f"{m}#{i}") for m in addresses(3) for i in range(16))
+    # a vnode token belongs to its own range; one past the largest wraps to range 0
+    assert ring.token_ranges(vt).tolist() == list(range(ring.ranges()))
+    edge = np.array([int(vt[-1]) + 1, 0, int(vt[0])], np.uint64)
+    assert ring.token_ranges(edge).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_arc_of_matches_brute_force(seed):
+    rng = random.Random(seed)
+    cuts = {rng.getrandbits(64) for _ in range(rng.randint(1, 9))}
+    cuts |= set(rng.sample([0, 1, TOP - 1, TOP], rng.randint(0, 2)))
+    cuts_sorted = sorted(cuts)
+    # consecutive arcs round the ring; the first wraps round zero
+    ring_arcs = [(cuts_sorted[i - 1], cuts_sorted[i]) for i in range(len(cuts_sorted))]
+    arcs = rng.sample(ring_arcs, rng.randint(0, len(ring_arcs)))
+    positions = sorted({(c + d) % 2 ** 64 for c in cuts for d in (-1, 0, 1)}
+                       | {0, TOP} | {rng.getrandbits(64) for _ in range(50)})
+    got = arc_of(np.array(positions, np.uint64), arcs)
+    assert got.dtype == np.int64
+    assert got.tolist() == brute_arc_of(positions, arcs)
+
+
+@pytest.mark.parametrize(("arcs", "positions", "want"), [
+    ([], [0, 5, TOP], [-1, -1, -1]),
+    ([(7, 7)], [0, 6, 7, 8, TOP], [0, 0, 0, 0, 0]),  # lo == hi: the whole ring
+    ([(TOP - 10, 5)], [TOP - 10, TOP - 9, TOP, 0, 5, 6], [-1, 0, 0, 0, 0, -1]),  # wraps
+    ([(0, TOP)], [0, 1, TOP], [-1, 0, 0]),  # zero itself is past the top, in no arc
+    ([(10, 20), (TOP - 1, 10), (20, 30)], [10, 11, 20, 21, 30, 31, TOP, 0],
+     [1, 0, 0, 2, 2, -1, 1, 1]),
+])
+def test_arc_of_cases(arcs, positions, want):
+    assert arc_of(np.array(positions, np.uint64), arcs).tolist() == want
+    assert brute_arc_of(positions, arcs) == want
+    assert arc_of(np.array([], np.uint64), arcs).tolist() == []
