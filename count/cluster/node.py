@@ -112,7 +112,7 @@ class NodeCore:
         self.ctx = ctx = NodeContext(config, self_address, replica, clock, rng, topology,
                                      confirmed, membership, HintLog(replica.storage))
         if confirmed and replica.storage.meta_get(TOPOLOGY_RECORD) is None:
-            ctx.save_topology()  # a single node's one-member record
+            ctx.save_topology()  # a lone node's one-member record
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         placement = Placement(ctx)
@@ -369,6 +369,7 @@ def _starting_topology(config: Config, self_address: str, replica: LocalReplica
                         "it stops (the guide's manual removal); `count decommission` on it, or "
                         "`count removenode ID` if it is dead, do the same at once", address)
         return stored, True
-    if not config.cluster_enabled:
+    alone = not config.cluster_enabled or config.members() == [self_address]
+    if alone:  # a single node, or the first of a cluster others will join: nobody to ask
         return Topology.initial([self_address], {self_address: config.node_id}), True
     return Topology.initial(config.members(), {self_address: config.node_id}), False

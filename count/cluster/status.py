@@ -9,6 +9,7 @@ from count.cluster import health
 from count.cluster.antientropy import AntiEntropy
 from count.cluster.catchup import CatchUp
 from count.cluster.context import NodeContext
+from count.cluster.membership import MemberView
 from count.cluster.placement import Placement
 from count.cluster.streaming import Streaming
 from count.messages import ClusterStatus, Endpoints, Health, Live, Readiness, Reply, Stats
@@ -16,6 +17,14 @@ from count.messages import ClusterStatus, Endpoints, Health, Live, Readiness, Re
 
 def _label(name: int | str, address: str) -> str:
     return f"the node at {address}" if name == address else f"node {name} ({address})"
+
+
+def _by_id(view: MemberView) -> tuple[int, int, str]:
+    """Members by NODE_ID, numbers first, as operators number them."""
+    node_id = view.node_id
+    if type(node_id) is int:
+        return (0, node_id, view.address)
+    return (1, 0, str(node_id or view.address))
 
 
 def _streamed(ctx: NodeContext, address: str) -> int | None:
@@ -84,7 +93,7 @@ class Status:
         own = self.load()
         owns = ctx.ring.ownership(ctx.rf)
         topology = ctx.topology
-        for view in ctx.membership.view(ctx.now_s()):
+        for view in sorted(ctx.membership.view(ctx.now_s()), key=_by_id):
             load = own if view.is_self else view.load
             state = view.state
             if view.is_self and self.catchup.syncing:

@@ -46,9 +46,10 @@ class Member:
     address: str
     node_id: int | str
     state: str
+    since: int = 0  # the epoch that gave it this state (the oldest left go first)
 
     def to_wire(self) -> list[Any]:
-        return [self.address, self.node_id, self.state]
+        return [self.address, self.node_id, self.state, self.since]
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Topology:
 
     def _next(self, members: list[Member]) -> Topology:
         members.sort(key=lambda m: m.address)
-        left = [m for m in members if m.state == "left"]
+        left = sorted((m for m in members if m.state == "left"), key=lambda m: m.since)
         while len(members) > MEMBERS_MAX and left:
             members.remove(left.pop(0))
         if len(members) > MEMBERS_MAX:
@@ -140,12 +141,12 @@ class Topology:
         if current is not None and current.state != "left":
             raise TopologyError(f"{address} is already a member ({current.state})")
         self._idle()
-        clash = next((m for m in self.members if m.node_id == node_id and m.state != "left"),
-                     None)
+        clash = next((m for m in self.members
+                      if str(m.node_id) == str(node_id) and m.state != "left"), None)
         if clash is not None:
             raise TopologyError(f"NODE_ID {node_id} is already used by {clash.address}")
         others = [m for m in self.members if m.address != address]
-        return self._next([*others, Member(address, node_id, "joining")])
+        return self._next([*others, Member(address, node_id, "joining", self.epoch + 1)])
 
     def leave(self, address: str, removed: bool = False) -> Topology:
         """``address`` starts leaving (decommission), or, dead, being removed (removenode):
@@ -171,8 +172,8 @@ class Topology:
         return self._set(busy.address, "normal" if busy.state == "joining" else "left")
 
     def _set(self, address: str, state: str) -> Topology:
-        return self._next([replace(m, state=state) if m.address == address else m
-                           for m in self.members])
+        return self._next([replace(m, state=state, since=self.epoch + 1)
+                           if m.address == address else m for m in self.members])
 
     # -- wire ----------------------------------------------------------------------------
 
@@ -189,12 +190,16 @@ class Topology:
             if len(members) > MEMBERS_MAX:
                 raise TopologyError("malformed topology: too many members")
             decoded = []
-            for address, node_id, state in members:
+            for member in members:
+                if not isinstance(member, list | tuple) or len(member) != 4:
+                    raise TopologyError("malformed topology member")
+                address, node_id, state, since = member
                 if (not isinstance(address, str) or not 0 < len(address) <= ADDRESS_CHARS_MAX
-                        or state not in STATES
+                        or state not in STATES or type(since) is not int
+                        or not 0 <= since <= epoch
                         or not (type(node_id) is int or isinstance(node_id, str))):
                     raise TopologyError("malformed topology member")
-                decoded.append(Member(address, node_id, state))
+                decoded.append(Member(address, node_id, state, since))
             addresses = [m.address for m in decoded]
             if addresses != sorted(set(addresses)):
                 raise TopologyError("malformed topology: members unsorted or repeated")

@@ -67,11 +67,11 @@ class Writes:
     def serve(self, msg: ReplicaWrite, reply: Reply) -> None:
         """A peer's replica write, hint, repair or stream: stored with its own versions.
 
-        A hint may name a node this node does not count as a member (while members'
-        CLUSTER_NODES differ, during the guide's add-node procedure): the points are stored
-        and the hint kept all the same; it is handed off once that node is a member here."""
+        A hint may name a node this node does not count as a member yet (a topology change
+        the coordinator has learned first): the points are stored and the hint kept all the
+        same; it is handed off once that node is a member here."""
         hint = msg.hint
-        if hint is not None and hint not in self.ctx.ring.members:
-            self.ctx.warn(hint, f"Keeping a hint for node {hint}, which is not in this node's "
-                                "CLUSTER_NODES (the members' lists differ)")
+        if hint is not None and hint not in self.ctx.topology.active():
+            self.ctx.warn(hint, f"Keeping a hint for node {hint}, which is no member in this "
+                                "node's topology yet")
         self.ctx.write_here(msg.write, hint, reply)

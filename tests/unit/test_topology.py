@@ -55,8 +55,8 @@ def test_with_ids_fills_ids_and_keeps_the_digest():
 def test_join_adds_a_joiner_at_the_next_epoch_then_finish_makes_it_normal():
     t = three().join(D, 4)
     assert t.epoch == 2
-    assert t.member(D) == Member(D, 4, "joining")
-    assert t.changing() == Member(D, 4, "joining")
+    assert t.member(D) == Member(D, 4, "joining", 2)
+    assert t.changing() == Member(D, 4, "joining", 2)
     assert [m.address for m in t.members] == [A, B, C, D]
     done = t.finish()
     assert done.epoch == 3 and done.state(D) == "normal" and done.changing() is None
@@ -100,7 +100,7 @@ def test_node_id_clash_is_refused_but_a_left_members_id_may_be_reused():
     gone = three().leave(B).finish()
     assert gone.state(B) == "left"
     t = gone.join(D, 2)
-    assert t.member(D) == Member(D, 2, "joining")
+    assert t.member(D) == Member(D, 2, "joining", t.epoch)
 
 
 def test_a_left_node_may_join_again_in_place_of_its_left_entry():
@@ -108,7 +108,7 @@ def test_a_left_node_may_join_again_in_place_of_its_left_entry():
     back = gone.join(B, 7)
     assert back.epoch == gone.epoch + 1
     assert [m.address for m in back.members] == [A, B, C]
-    assert back.member(B) == Member(B, 7, "joining")
+    assert back.member(B) == Member(B, 7, "joining", back.epoch)
     assert back.finish().state(B) == "normal"
 
 
@@ -118,7 +118,7 @@ def test_a_left_node_may_join_again_in_place_of_its_left_entry():
 def test_leave_or_remove_then_finish_makes_the_member_left(removed, state):
     t = three().leave(B, removed=removed)
     assert t.epoch == 2 and t.state(B) == state
-    assert t.changing() == Member(B, 2, state)
+    assert t.changing() == Member(B, 2, state, 2)
     done = t.finish()
     assert done.epoch == 3 and done.state(B) == "left" and done.changing() is None
     assert done.member(B) is not None  # kept, so that it is known to have left
@@ -255,8 +255,8 @@ def test_the_oldest_left_member_is_dropped_first():
 
 def test_wire_form():
     t = three().join(D, "d")
-    assert t.to_wire() == [2, [[A, 1, "normal"], [B, 2, "normal"], [C, 3, "normal"],
-                               [D, "d", "joining"]]]
+    assert t.to_wire() == [2, [[A, 1, "normal", 0], [B, 2, "normal", 0],
+                               [C, 3, "normal", 0], [D, "d", "joining", 2]]]
     assert Topology.from_wire(t.to_wire()) == t
     assert Topology.from_wire([0, []]) == Topology(0, ())
 
@@ -285,7 +285,7 @@ def test_wire_round_trip(t):
 
 
 def _m(address: str = A, node_id: object = 1, state: str = "normal") -> list[object]:
-    return [address, node_id, state]
+    return [address, node_id, state, 0]
 
 
 MALFORMED = {
@@ -309,14 +309,16 @@ MALFORMED = {
     "state not a string": [1, [_m(state=1)]],
     "state a list": [1, [_m(state=["normal"])]],
     "empty address": [1, [_m("")]],
-    "address not a string": [1, [[7, 1, "normal"]]],
+    "address not a string": [1, [[7, 1, "normal", 0]]],
     "over-long address": [1, [_m("a" * (ADDRESS_CHARS_MAX + 1))]],
     "float node id": [1, [_m(node_id=1.5)]],
     "bool node id": [1, [_m(node_id=True)]],
     "null node id": [1, [_m(node_id=None)]],
     "list node id": [1, [_m(node_id=[1])]],
-    "member too short": [1, [[A, 1]]],
-    "member too long": [1, [[A, 1, "normal", 0]]],
+    "member too short": [1, [[A, 1, "normal"]]],
+    "member too long": [1, [[A, 1, "normal", 0, 0]]],
+    "since past the epoch": [1, [[A, 1, "normal", 2]]],
+    "since negative": [1, [[A, 1, "normal", -1]]],
     "member a string": [1, ["abc"]],
     "member a number": [1, [5]],
     "member a dict": [1, [{A: 0, "n1": 0, "normal": 0}]],  # iterates as its keys
