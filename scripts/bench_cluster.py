@@ -34,6 +34,13 @@ What it measures:
    hinted_points_delivered up; target <= 10 s after it answers). Then POST /cluster/repair on
    it checks that the hand-off left nothing to repair.
 5. Peak RSS of each node's process tree (psutil) over phases 2 and 3.
+6. Joining a fourth node (a fresh 3-node cluster, RF=2 unless --rf, holding --join-points
+   points, 10,000,000 in a full run): node 4 starts with CLUSTER_NODES naming itself and
+   node 1 and joins with no change on the others. Prints how fast it streamed its ranges
+   (target >= 500,000 points/s), the write p99 of a light client (100-point batches, one
+   at a time, over nodes 1-3) during the stream against at rest (target <= 2x), and, once
+   cleanup has settled, each node's share of the points (target: within 15% of an even
+   share). ``--only join`` runs this phase alone.
 
 Run it from the repository root with the project's virtualenv::
 
@@ -88,6 +95,14 @@ RF2_RATIO_TARGET = 1.5
 RF3_RATIO_TARGET = 2.0
 DETECTION_TARGET_S = 5.0
 HINTS_TARGET_S = 10.0
+JOIN_STREAM_TARGET = 500_000
+JOIN_P99_RATIO_TARGET = 2.0
+JOIN_SHARE_TARGET = 0.15
+JOIN_SERIES = 1_000
+JOIN_PROBE_POINTS = 100
+JOIN_REST_S = 10.0
+JOIN_WAIT_S = 600.0
+SHARE_SETTLED_S = 10.0
 
 WRK_CONNECTIONS = 64
 LATENCY_SERIES = 100
@@ -103,6 +118,7 @@ NODE_LOG_LEVEL = "info"  # membership changes and hand-offs are logged at info
 
 @dataclass(frozen=True)
 class Sizes:
+    join_points: int
     ingest_series: int
     ingest_points_per_series: int  # per form; one request holds 10 timestamps of all series
     ingest_budget_s: float
@@ -114,11 +130,11 @@ class Sizes:
     latency_rounds: int
 
 
-FULL_SIZES = Sizes(ingest_series=1_000, ingest_points_per_series=4_000, ingest_budget_s=120.0,
+FULL_SIZES = Sizes(join_points=10_000_000, ingest_series=1_000, ingest_points_per_series=4_000, ingest_budget_s=120.0,
                    wrk_duration_s=10, wrk_warmup_s=3, wrk_rounds=2,
                    latency_single=800, latency_batches=200,
                    latency_rounds=4)
-QUICK_SIZES = Sizes(ingest_series=1_000, ingest_points_per_series=300, ingest_budget_s=30.0,
+QUICK_SIZES = Sizes(join_points=1_000_000, ingest_series=1_000, ingest_points_per_series=300, ingest_budget_s=30.0,
                     wrk_duration_s=4, wrk_warmup_s=1, wrk_rounds=1,
                     latency_single=200, latency_batches=40,
                     latency_rounds=2)
@@ -789,6 +805,136 @@ def phase_failure(cluster: Cluster) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# Phase 6: a fourth node joins a loaded cluster
+# --------------------------------------------------------------------------
+
+
+class ProbeWriter:
+    """One client posting small batches, one at a time, round-robin over some nodes, and
+    remembering when each was sent and how long it took."""
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        self.clients = [bn.KeepAliveClient(port) for port in ports]
+        self.samples: list[tuple[float, float]] = []  # (sent at, seconds)
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            base = bn.FIRST_TIMESTAMP_MS + 10 ** 11 + seq * JOIN_PROBE_POINTS
+            body = orjson.dumps({"series": f"probe.s{seq % 10}",
+                                 "timestamps": list(range(base, base + JOIN_PROBE_POINTS)),
+                                 "values": [1.0] * JOIN_PROBE_POINTS})
+            client = self.clients[seq % len(self.clients)]
+            started = time.perf_counter()
+            status, _ = client.request("POST", "/insert", body)
+            self.samples.append((time.monotonic(), time.perf_counter() - started))
+            self.failures += status != 201
+            seq += 1
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for client in self.clients:
+            client.close()
+
+    def p99_ms(self, start: float, end: float) -> float:
+        window = [s for at, s in self.samples if start <= at <= end]
+        if len(window) < 10:
+            raise bn.BenchError(f"only {len(window)} probe writes in the window")
+        return float(np.percentile(np.asarray(window) * 1e3, 99))
+
+
+def _member_points(port: int) -> dict[int, int]:
+    status = get_json(port, "/cluster/status")
+    return {int(m["node_id"]): int(m["points"] or 0) for m in status["members"]
+            if m.get("ring_state") == "normal"}
+
+
+def phase_join(workspace: Workspace, server_argv: Sequence[str], sizes: Sizes, rf: int,
+               env: dict[str, str]) -> dict[str, Any]:
+    with running_cluster(workspace, server_argv, "join", rf, env) as cluster:
+        workload = bn.Workload.random_walks("joined", JOIN_SERIES,
+                                            sizes.join_points // JOIN_SERIES, bn.RANDOM_SEED)
+        bodies = [workload.columnar_body(i) for i in range(workload.request_count)]
+        stats = bn.post_bodies(cluster.ports, bodies, 2 * NODES, time.monotonic() + 600)
+        bn.check_ingest(stats, workload.point_count)
+        del bodies
+        print(f"  loaded {stats.points:,} points at {stats.points_per_s:,.0f} points/s")
+        wait_settled(cluster)
+        fourth = ClusterNode(NODES + 1, bn.free_port_block(CLUSTER_PORT_OFFSETS),
+                             workspace.root / "join-n4")
+        node_env = cluster.env(fourth)
+        node_env["CLUSTER_NODES"] = f"{HOST}:{fourth.port},{HOST}:{cluster.node(1).port}"
+        with ProbeWriter(cluster.ports) as probe:
+            time.sleep(JOIN_REST_S)
+            rest_end = time.monotonic()
+            fourth.proc = workspace.start("join-n4", cluster.server_argv, node_env)
+            cluster.nodes.append(fourth)  # stopped with the others
+            cluster.wait_healthy(fourth)
+            began: float | None = None
+            points = 0
+            while True:
+                if time.monotonic() - rest_end > JOIN_WAIT_S:
+                    raise bn.BenchError("node 4 did not finish joining in time\n"
+                                        + workspace.log_tails("join-n4"))
+                streaming = get_json(fourth.port, "/stats")["streaming"]
+                if streaming.get("active"):
+                    began = began or time.monotonic()
+                    points = max(points, int(streaming.get("points", 0)))
+                elif began is not None or streaming.get("streamed_epoch", 0) > 1:
+                    ended = time.monotonic()
+                    break
+                time.sleep(0.1)
+            began = began or rest_end
+            p99_rest = probe.p99_ms(rest_end - JOIN_REST_S, rest_end)
+            p99_join = probe.p99_ms(began, ended) if ended - began >= 2 else p99_rest
+            failures = probe.failures
+        log = fourth.proc.log_tail()
+        fetched = [line for line in log.splitlines() if "fetched every range" in line]
+        if fetched:  # the node's own count of what it streamed, and how long it took
+            words = fetched[-1].split()
+            points = int(words[words.index("points") - 1])
+            took = float(words[words.index("in") + 1])
+        else:
+            took = ended - began
+        rate = points / max(took, 1e-3)
+        print(f"  node 4 streamed {points:,} points in {took:.1f} s: {rate:,.0f} points/s")
+        print(f"  probe write p99 at rest {p99_rest:.1f} ms, during the stream {p99_join:.1f} ms"
+              f" ({failures} probe writes failed)")
+        last: dict[int, int] = {}
+        stable_since = time.monotonic()
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while time.monotonic() < deadline:
+            now = _member_points(cluster.node(1).port)
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif len(now) == NODES + 1 and time.monotonic() - stable_since >= SHARE_SETTLED_S:
+                break
+            time.sleep(1.0)
+        for port in [n.port for n in cluster.nodes]:  # points of dropped series go with it
+            bn.wait_compacted(port, COMPACTION_WAIT_S)
+        time.sleep(2 * POLL_S + 1.0)  # a heartbeat with the recounted points
+        last = _member_points(cluster.node(1).port)
+        total = sum(last.values()) or 1
+        shares = {n: p / total for n, p in sorted(last.items())}
+        even = 1 / len(shares)
+        worst = max(abs(share - even) / even for share in shares.values())
+        print("  shares after cleanup: " + ", ".join(f"node {n} {100 * s:.1f}%"
+                                                   for n, s in shares.items()))
+        return {"points_loaded": stats.points, "streamed_points": points, "stream_s": took,
+                "stream_points_per_s": rate, "p99_rest_ms": p99_rest, "p99_join_ms": p99_join,
+                "p99_ratio": p99_join / p99_rest, "probe_failures": failures,
+                "shares": {str(n): s for n, s in shares.items()}, "share_worst": worst}
+
+
 def met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -841,6 +987,18 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((f"hints delivered after return ({res['hinted_points']:,} points)",
                      f"{value * 1e3:,.0f} ms", f"<= {HINTS_TARGET_S:.0f} s",
                      met(value <= HINTS_TARGET_S)))
+    if "join" in results:
+        res = results["join"]
+        rows.append((f"join a 4th node, {res['points_loaded']:,} points held, streaming",
+                     f"{res['stream_points_per_s']:,.0f} points/s", f">= {JOIN_STREAM_TARGET:,}",
+                     met(res["stream_points_per_s"] >= JOIN_STREAM_TARGET)))
+        rows.append(("  write p99 during the stream / at rest",
+                     f"{res['p99_join_ms']:.1f} / {res['p99_rest_ms']:.1f} ms = "
+                     f"{res['p99_ratio']:.2f}x", f"<= {JOIN_P99_RATIO_TARGET:.0f}x",
+                     met(res["p99_ratio"] <= JOIN_P99_RATIO_TARGET)))
+        rows.append(("  worst share off an even share, after cleanup",
+                     f"{100 * res['share_worst']:.1f}%", f"<= {100 * JOIN_SHARE_TARGET:.0f}%",
+                     met(res["share_worst"] <= JOIN_SHARE_TARGET)))
     for node_id, rss in sorted(results.get("rss", {}).items()):
         rows.append((f"peak RSS node {node_id}, process tree (largest process)",
                      f"{rss['peak_tree_mb']:.0f} MiB ({rss['peak_process_mb']:.0f} MiB)", "", ""))
@@ -911,6 +1069,11 @@ def run(args: argparse.Namespace, wrk_path: str) -> dict[str, Any]:
               f"starting; other work on this {os.cpu_count()}-core machine skews the figures")
     with workspace_cleanup() as workspace:
         print(f"  workspace {workspace.root}")
+        if args.only == "join":
+            run_phase(results, workspace, "join", "6. a fourth node joins a loaded cluster",
+                      lambda: phase_join(workspace, server_argv, sizes, args.rf, env))
+            results["clean_stops"] = list(STOPS)
+            return results
         run_phase(results, workspace, "rf_latency",
                   "1. write latency at RF 1, 2, 3 (fresh cluster each, light load)",
                   lambda: phase_rf_latency(workspace, server_argv, sizes, env))
@@ -940,6 +1103,8 @@ def run(args: argparse.Namespace, wrk_path: str) -> dict[str, Any]:
         except bn.BenchError as exc:
             results.setdefault("errors", {})["main_cluster"] = str(exc)
             print(f"  ERROR: {exc}")
+        run_phase(results, workspace, "join", "6. a fourth node joins a loaded cluster",
+                  lambda: phase_join(workspace, server_argv, sizes, args.rf, env))
     results["clean_stops"] = list(STOPS)
     return results
 
@@ -959,6 +1124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="extra environment for every node (repeatable), "
                              "e.g. HTTP_WORKERS=1")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--only", choices=("join",), help="run one phase alone")
     parser.add_argument("--server-cmd", metavar="CMD",
                         help="command that starts a node (default: count-server next to "
                              "this Python)")

@@ -9,6 +9,7 @@ the survivors alone hold every series.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -201,3 +202,32 @@ def test_a_join_killed_mid_stream_resumes_on_restart(make_cluster: ClusterFactor
         name = f"bulk.{s}"
         if addr[4] in ring.replicas(name, 2):
             assert len(alone.range(name)) == 10_000, name
+
+
+def _rebalance(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "rebalance.py"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def test_rebalance_script_prints_the_plan_repairs_and_judges(make_cluster: ClusterFactory
+                                                             ) -> None:
+    cluster = make_cluster(3, 2)
+    for k in range(0, 400, 100):
+        cluster.insert(1, {"series": [f"bal.{s}" for s in range(k, k + 100)],
+                           "timestamps": [T0_MS] * 100, "values": [1.0] * 100})
+    url = cluster.node(2).url("")
+    done = _rebalance("--url", url, "--settle", "3", "--json")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    report = json.loads(done.stdout)
+    assert sum(m["points"] for m in report["members"]) == 800  # 400 points, two copies
+    assert all(abs(m["off"]) <= 0.15 for m in report["members"]), report
+    done = _rebalance("--url", url, "--plan-only")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert done.stdout.startswith("Cluster at epoch 1, replication factor 2"), done.stdout
+    assert "Target" in done.stdout and "balanced: worst member" in done.stdout, done.stdout
+    # Unreasonable tolerance: not balanced is exit 1; a dead URL is 1; bad usage is 2.
+    assert _rebalance("--url", url, "--plan-only", "--tolerance", "-1").returncode == 1
+    assert _rebalance("--url", "http://127.0.0.1:9", "--plan-only").returncode == 1
+    assert _rebalance("--bogus").returncode == 2
+    helped = _rebalance("--help")
+    assert helped.returncode == 0 and "--plan-only" in helped.stdout
