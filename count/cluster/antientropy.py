@@ -224,7 +224,12 @@ class _Round:
             self.finished(self.report)
             return
         self.peer = self.peers.pop(0)
-        self.todo_ranges = self.ctx.ring.shared_ranges(self.ctx.self_address, self.peer, self.ctx.rf)
+        ring = self.ctx.ring
+        if self.peer not in ring.members or self.ctx.self_address not in ring.members:
+            self.peer = ""  # the ring changed since the round began: nothing shared now
+            self.next_peer()
+            return
+        self.todo_ranges = ring.shared_ranges(self.ctx.self_address, self.peer, self.ctx.rf)
         self.report["ranges_compared"] += len(self.todo_ranges)
         try:
             self.compare_ranges()

@@ -110,6 +110,7 @@ class Changes:
         if beat.members_digest == mine.digest() and beat.epoch in (0, mine.epoch):
             if not ctx.confirmed and beat.address in mine.active():
                 self.learn(mine)  # two members configured alike: epoch 1 is theirs
+                self._fetch(beat.address)  # and the node ids its record has (a wiped node)
             return
         if beat.epoch > mine.epoch or (not ctx.confirmed and beat.epoch >= mine.epoch):
             self._fetch(beat.address)
@@ -141,6 +142,10 @@ class Changes:
                 ctx.warn("topology", f"Two rings for epoch {mine.epoch}: node records differ "
                                      f"({topology.digest()} against {mine.digest()}); the "
                                      "first members' CLUSTER_NODES differed")
+            elif topology.epoch == mine.epoch:  # the same record: take the ids it knows
+                for m in topology.members:
+                    if m.node_id != m.address:
+                        ctx.learn_id(m.address, m.node_id)
             return
         self._install(topology.with_ids(ctx.member_ids))
 
@@ -159,8 +164,6 @@ class Changes:
                      ctx.config.node_id, topology.epoch, len(topology.active()))
         for member in topology.members:
             before = old.state(member.address)
-            if member.state == "left" and member.address in ctx.hints.targets():
-                ctx.hints.delivered(member.address, ctx.hints.take(member.address, 1 << 30))
             if before != member.state and was_confirmed:
                 log.info("Node %s %s (%s, epoch %d)", ctx.name_of(member.address),
                          _CHANGE_WORDS.get(member.state, member.state), member.address,
@@ -310,9 +313,10 @@ class Changes:
             req.attempts += 1
             self._round += 1
             self._req = req
-            self._proposal = Proposal(current.voters(), (self._round, ctx.self_address),
-                                      req.value, self._send, self._finished)
-            self._proposal.start()
+            proposal = self._proposal = Proposal(current.voters(), (self._round,
+                                                 ctx.self_address), req.value, self._send,
+                                                 self._finished)
+            proposal.start()
 
     def _send(self, phase: str, voter: str) -> None:
         """One phase's message of the proposal in flight to one voter."""

@@ -140,8 +140,16 @@ class Proposal:
         self.finished = False
 
     def start(self) -> None:
+        self._send_all()
+
+    def _send_all(self) -> None:
+        """This phase's message to every voter (an answer may end the proposal meanwhile:
+        a voter known to be down is refused at once)."""
+        phase = self.phase
         for voter in self.voters:
-            self._send("prepare", voter)
+            if self.finished or self.phase != phase:
+                return
+            self._send(phase, voter)
 
     def answer(self, phase: str, voter: str, promise: Promise) -> None:
         if self.finished or phase != self.phase or voter in self._yes | self._no:
@@ -164,8 +172,7 @@ class Proposal:
             if self._best is not None:
                 self.value = self._best[1]
             self.phase, self._yes, self._no = "accept", set(), set()
-            for v in self.voters:
-                self._send("accept", v)
+            self._send_all()
         else:
             self._finish(self.value, "")
 

@@ -132,13 +132,20 @@ class NodeContext:
         return address if node_id is None else node_id
 
     def learn_id(self, address: str, node_id: int | str | None) -> None:
-        """Remember a member's NODE_ID (from its heartbeat) across restarts, so that
-        endpoints and status name a member by id even before it is heard from again."""
+        """Remember a member's NODE_ID (from its heartbeat) across restarts, and in the
+        topology record (whose digest leaves ids out), so that endpoints, status and
+        removenode name a member by id even before it is heard from again, and nodes that
+        fetch the record (a wiped one) learn the ids with it."""
         if node_id is None or self.member_ids.get(address) == node_id:
             return
         self.member_ids[address] = node_id
+        member = self.topology.member(address)
         try:
             self.replica.storage.meta_put(MEMBER_IDS_RECORD, msgpack.packb(self.member_ids))
+            if member is not None and member.node_id != node_id:
+                self.topology = self.topology.with_ids({address: node_id})
+                if self.confirmed:
+                    self.save_topology()
         except CountError as exc:
             log.warning("Could not record the id of node %s: %s", node_id, exc)
 

@@ -24,6 +24,8 @@ log = logging.getLogger("count.cluster")
 HANDOFF_SERIES_MAX = 256
 HANDOFF_POINTS_MAX = 200_000
 HANDOFF_RETRY_S = 1.0
+# Hints for a member that has left are dropped, this many series at a time.
+HINTS_DROP_MAX = 1 << 30
 # A hinted range is read whole (then sent in slices); this bounds that read.
 HINT_RANGE_POINTS_MAX = 1 << 31
 
@@ -40,7 +42,11 @@ class HandOff:
             return
         self._next_s = now_s + HANDOFF_RETRY_S
         for target in self.ctx.hints.targets():
-            if target not in self._busy and target in self.ctx.links and self.ctx.alive(target):
+            if self.ctx.topology.state(target) == "left":
+                # It left the ring: its ranges went to their new owners, which got these
+                # points as pending replicas or stream; this node's copies go by cleanup.
+                self.ctx.hints.delivered(target, self.ctx.hints.take(target, HINTS_DROP_MAX))
+            elif target not in self._busy and target in self.ctx.links and self.ctx.alive(target):
                 self._hand_off(target)
 
     def next_wake_s(self) -> float | None:

@@ -160,8 +160,10 @@ def moves(current: Ring, future: Ring, rf_now: int, rf_later: int
     """What each member must fetch to go from ``current`` to ``future`` placement.
 
     For every member that replicates, in ``future``, part of the ring it does not in
-    ``current``: those arcs, each with its current replicas (where the data is now), in
-    preference order. Adjacent arcs with the same sources are merged.
+    ``current``: those arcs, each with its current replicas (where the data is now), those
+    that lose the arc first (Cassandra's consistent range movement: fetching from the copy
+    that goes away keeps every point on as many replicas as before), then the others, each
+    group in preference order. Adjacent arcs with the same sources are merged.
     """
     bounds = np.union1d(current.vnode_tokens(), future.vnode_tokens())
     cur_ranges = current.token_ranges(bounds)
@@ -169,8 +171,10 @@ def moves(current: Ring, future: Ring, rf_now: int, rf_later: int
     gains: dict[str, list[tuple[Arc, list[str]]]] = {}
     for k in range(len(bounds)):
         lo, hi = int(bounds[k - 1]), int(bounds[k])  # k = 0 wraps round from the last
-        sources = current.range_preference(int(cur_ranges[k]))[:rf_now]
-        for member in future.range_preference(int(fut_ranges[k]))[:rf_later]:
+        now = current.range_preference(int(cur_ranges[k]))[:rf_now]
+        later = future.range_preference(int(fut_ranges[k]))[:rf_later]
+        sources = [m for m in now if m not in later] + [m for m in now if m in later]
+        for member in later:
             if member in sources:
                 continue
             arcs = gains.setdefault(member, [])

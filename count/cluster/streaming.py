@@ -3,8 +3,10 @@
 While the topology has a change in flight, the future ring gives some members arcs of the
 ring they do not replicate now (``ring.moves``): the joiner, or the members taking over a
 leaving one's share. Each such member pulls those arcs' points, with their versions, from
-the arcs' current replicas: each arc from the first of them that is alive (a member being
-removed is no source). Pages of STREAM_PAGE_POINTS go one per
+the arcs' current replicas: each arc from the first of them that is alive, the one losing
+it first (``ring.moves``); for a removal, from every surviving replica, since the dead
+member may have held the only copy of a point but one (a member being removed is no
+source). Pages of STREAM_PAGE_POINTS go one per
 source at a time, throttled to STREAM_THROUGHPUT_POINTS per second, and each page is
 committed before the cursor that follows it is stored, so a crash of either side resumes
 where the last page ended. Writes for those arcs reach the member throughout (pending
@@ -73,8 +75,11 @@ class Streaming:
         # Progress of the change in flight, stored after every page: the arcs done and, for
         # a partly fetched one, the (series, timestamp) it has got to. Arcs and cursors do
         # not depend on the source, so a crash or a new plan resumes where pages ended.
-        self._done: set[Arc] = set()
-        self._cursors: dict[Arc, tuple[str, int]] = {}
+        # Keyed by (source, arc): the source is "" but for a removal, whose arcs come from
+        # every live replica (the dead one may have held the only copy of a point but one).
+        self._done: set[tuple[str, Arc]] = set()
+        self._cursors: dict[tuple[str, Arc], tuple[str, int]] = {}
+        self._every_source = False
         self._allowed_s = 0.0  # throttle: the next page may be asked for from this time
         self.points = 0
         self.arcs_total = 0
@@ -120,27 +125,29 @@ class Streaming:
             self._epoch, self.points, self.started_s = epoch, 0, ctx.now_s()
             stored = self._progress()
             if stored.get("epoch") == epoch:
-                self._done = {(lo, hi) for lo, hi in stored["done"]}
-                self._cursors = {(lo, hi): (name, ts) for lo, hi, name, ts in stored["cursors"]}
+                self._done = {(src, (lo, hi)) for src, lo, hi in stored["done"]}
+                self._cursors = {(src, (lo, hi)): (name, ts)
+                                 for src, lo, hi, name, ts in stored["cursors"]}
             else:
                 self._done, self._cursors = set(), {}
         self._plan_alive = alive
         changing = ctx.topology.changing()
         gone = changing.address if changing is not None and changing.state == "removing" else None
+        self._every_source = gone is not None
         by_source: dict[str, list[Arc]] = {}
         gains = self.gains()
         lost = 0
         for arc, sources in gains:
-            if arc in self._done:
-                continue
-            live = [s for s in sources if ctx.alive(s) and s not in (ctx.self_address, gone)]
-            if live:
-                by_source.setdefault(live[0], []).append(arc)
-            elif all(s == gone for s in sources):
+            others = [s for s in sources if s not in (ctx.self_address, gone)]
+            live = [s for s in others if ctx.alive(s)]
+            if not others:
                 lost += 1  # its only replica is the dead member being removed
-                self._done.add(arc)
-            else:  # its replicas are down for now: asked again once one is back
-                by_source.setdefault(sources[0], []).append(arc)
+                self._done.add(("", arc))
+            chosen = (others if self._every_source  # down ones are asked once back
+                      else live[:1] or others[:1])
+            for source in chosen:
+                if self._key(source, arc) not in self._done:
+                    by_source.setdefault(source, []).append(arc)
         if lost:
             log.warning("Streaming: %d ranges had no replica but node %s, which is down and "
                         "being removed; their data is lost with it (REPLICATION_FACTOR 1)",
@@ -153,14 +160,18 @@ class Streaming:
                      ctx.config.node_id, sum(len(a) for a in by_source.values()), len(gains),
                      epoch, len(by_source))
 
+    def _key(self, source: str, arc: Arc) -> tuple[str, Arc]:
+        return (source if self._every_source else "", arc)
+
     def _progress(self) -> dict[str, Any]:
         raw = self.ctx.replica.storage.meta_get(PROGRESS_RECORD)
         return msgpack.unpackb(raw) if raw else {}
 
     def _save_progress(self) -> None:
         self.ctx.replica.storage.meta_put(PROGRESS_RECORD, msgpack.packb({
-            "epoch": self._epoch, "done": [list(a) for a in sorted(self._done)],
-            "cursors": [[lo, hi, name, ts] for (lo, hi), (name, ts) in self._cursors.items()]}))
+            "epoch": self._epoch, "done": [[src, lo, hi] for src, (lo, hi) in sorted(self._done)],
+            "cursors": [[src, lo, hi, name, ts]
+                        for (src, (lo, hi)), (name, ts) in self._cursors.items()]}))
 
     def _ask(self, source: _Source) -> None:
         ctx = self.ctx
@@ -170,7 +181,7 @@ class Streaming:
         source.busy = True
         epoch = self._epoch
         arcs = source.arcs[:ARCS_PER_MESSAGE_MAX]
-        after, after_ts = self._cursors.get(arcs[0], ("", -1))
+        after, after_ts = self._cursors.get(self._key(source.address, arcs[0]), ("", -1))
         rate = ctx.config.stream_throughput_points
         page = (min(STREAM_PAGE_POINTS, max(STREAM_PAGE_POINTS_MIN, rate // 10)) if rate
                 else STREAM_PAGE_POINTS)
@@ -208,12 +219,13 @@ class Streaming:
                     return
                 self.points += points
                 for arc in arcs[:arcs_done]:
-                    self._done.add(arc)
-                    self._cursors.pop(arc, None)
+                    self._done.add(self._key(source.address, arc))
+                    self._cursors.pop(self._key(source.address, arc), None)
                 if cursor is not None:
-                    self._cursors[arcs[arcs_done]] = cursor
+                    self._cursors[self._key(source.address, arcs[arcs_done])] = cursor
                 if source in self._sources:
-                    source.arcs = [a for a in source.arcs if a not in self._done]
+                    source.arcs = [a for a in source.arcs
+                                   if self._key(source.address, a) not in self._done]
                 try:
                     self._save_progress()
                 except CountError as exc:
@@ -249,7 +261,7 @@ class Streaming:
             return {"active": False, "streamed_epoch": self.streamed}
         took = max(1e-3, ctx.now_s() - (self.started_s or ctx.now_s()))
         rate = self.points / took
-        done = len(self._done)
+        done = len({arc for _, arc in self._done})
         eta = (None if not done or not self.arcs_total else
                round(took * (self.arcs_total - done) / done, 1))
         return {"active": True, "epoch": ctx.topology.epoch, "ranges_done": done,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
-from count.sim.faults import parse_kinds
+from count.sim.faults import CHANGES, parse_kinds
 from count.sim.mutants import MUTANTS, apply
 from count.sim.run import Outcome, simulate
 
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--faults", default="all",
                         help="comma-separated fault kinds, 'all' or 'none'")
+    parser.add_argument("--changes", default="all",
+                        help="membership changes a seed may make (one at most): "
+                             "join,decommission,removenode, 'all' or 'none'")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument("--mutant", choices=sorted(MUTANTS),
                         help="run a deliberately broken node (count/sim/mutants.py)")
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         kinds = parse_kinds(args.faults)
+        changes = parse_kinds(args.changes, CHANGES, "membership changes")
     except ValueError as exc:
         parser.error(str(exc))
     failed = []
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     simulated = 0.0
     if args.mutant:
         apply(args.mutant)
-    run = partial(_run, nodes=args.nodes, seconds=args.seconds, kinds=kinds)
+    run = partial(_run, nodes=args.nodes, seconds=args.seconds, kinds=kinds, changes=changes)
     seeds = range(args.seed, args.seed + args.seeds)
     outcomes: Iterator[Outcome]
     if args.jobs > 1:
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(seed)
             mutant = f" --mutant {args.mutant}" if args.mutant else ""
             print(f"  replay: python -m count.sim --seed {seed} --nodes {args.nodes} "
-                  f"--seconds {args.seconds:g} --faults {args.faults}{mutant} --verbose")
+                  f"--seconds {args.seconds:g} --faults {args.faults} --changes "
+                  f"{args.changes}{mutant} --verbose")
         print(outcome.summary(), flush=True)
     if args.seeds > 1:
         wall = time.monotonic() - started
@@ -70,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _run(seed: int, nodes: int, seconds: float, kinds: tuple[str, ...]) -> Outcome:
-    return simulate(seed, nodes, seconds, kinds)
+def _run(seed: int, nodes: int, seconds: float, kinds: tuple[str, ...],
+         changes: tuple[str, ...]) -> Outcome:
+    return simulate(seed, nodes, seconds, kinds, changes=changes)
 
 
 if __name__ == "__main__":

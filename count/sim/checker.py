@@ -17,9 +17,9 @@
 - leftover: a series some node still holds after cleanup had its time, though it is none
   of its replicas and holds no hint for it.
 
-A write at consistency=one sent before a disk was wiped is counted as maybe, not as lost,
-even if its acknowledgement came after the wipe: one copy was all it asked for, and that
-copy may be the one that went.
+A write at consistency=one sent before a disk was wiped (or a node was killed for good and
+removed) is counted as maybe, not as lost, even if its acknowledgement came after: one copy
+was all it asked for, and that copy may be the one that went.
 """
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ def judge(world: World, workload: Workload, final_reads: list[Read],
           wiped_at_s: list[float]) -> Verdict:
     verdict = Verdict({k: 0 for k in FAIL_KEYS})
     writes = workload.writes
-    first_wipe = min(wiped_at_s) if wiped_at_s else None
+    last_wipe = max(wiped_at_s) if wiped_at_s else None
 
     def unsure(w: Write) -> bool:
-        # At one, a write sent before the wipe may have been stored on the wiped node alone
-        # (its acknowledgement can reach the client after the wipe): one copy was all it
-        # asked for.
+        # At one, a write sent before a wipe (or a node killed for good, then removed) may
+        # have been stored on that node alone (its acknowledgement can reach the client
+        # after): one copy was all it asked for.
         return (w.outcome == "maybe" or (w.outcome == "ok" and w.level == "one"
-                                         and first_wipe is not None
-                                         and w.sent_s <= first_wipe))
+                                         and last_wipe is not None
+                                         and w.sent_s <= last_wipe))
 
     verdict.counts["acked"] = sum(w.outcome == "ok" and not unsure(w) for w in writes)
     verdict.counts["maybe"] = sum(unsure(w) for w in writes)
@@ -83,7 +83,7 @@ def judge(world: World, workload: Workload, final_reads: list[Read],
     _lost(workload, final_reads, unsure, verdict)
     _stale(workload, verdict)
     _divergent(world, workload, final_reads, verdict)
-    for node in world.nodes.values():
+    for node in world.members():
         assert node.core is not None
         pending = sum(node.core.ctx.hints.pending().values())
         if pending:
@@ -103,15 +103,15 @@ def handed_off(world: World, workload: Workload, wiped_at_s: list[float]) -> Ver
     all is on at least as many of its replicas as the level needs (keys acknowledged before
     a disk was wiped excepted: the wiped copy may have been one of them)."""
     verdict = Verdict({k: 0 for k in FAIL_KEYS})
-    some = next(iter(world.nodes.values()))
+    some = world.members()[0]
     assert some.core is not None
     ring, rf = some.core.ctx.ring, some.core.ctx.rf
-    first_wipe = min(wiped_at_s) if wiped_at_s else None
+    last_wipe = max(wiped_at_s) if wiped_at_s else None
     stored: dict[tuple[int, str], set[int]] = {}
     for w in workload.writes:
         if w.outcome != "ok" or w.level == "one" or w.done_s is None:
             continue
-        if first_wipe is not None and w.sent_s <= first_wipe:
+        if last_wipe is not None and w.sent_s <= last_wipe:
             continue
         needed = rf if w.level == "all" else rf // 2 + 1
         for series, ts, _ in w.points:
@@ -204,7 +204,7 @@ def _divergent(world: World, workload: Workload, final_reads: list[Read],
         if len(groups) > 1:
             verdict.note("divergent", f"final reads of {series} differ between nodes "
                                       f"{sorted(groups.values())}")
-    some = next(iter(world.nodes.values()))
+    some = world.members()[0]
     assert some.core is not None
     ring, rf = some.core.ctx.ring, some.core.ctx.rf
     for series in workload.series:

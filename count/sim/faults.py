@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from count.messages import Decommission, Message, RemoveNode
 from count.sim.world import SimNode, World
 
 KINDS = ("loss", "delay", "duplicate", "reorder", "partition", "oneway", "bridge", "crash",
@@ -25,16 +26,18 @@ PAUSE_S = (3.0, 10.0)
 SKEW_MS_MAX = 5_000
 
 
-def parse_kinds(text: str) -> tuple[str, ...]:
-    """``all``, ``none`` or a comma-separated list of KINDS (ValueError naming a bad one)."""
+def parse_kinds(text: str, known: tuple[str, ...] = KINDS, what: str = "fault kinds"
+                ) -> tuple[str, ...]:
+    """``all``, ``none`` or a comma-separated list of ``known`` kinds (ValueError naming a
+    bad one)."""
     if text.strip() in ("all", ""):
-        return KINDS if text.strip() == "all" else ()
+        return known if text.strip() == "all" else ()
     if text.strip() == "none":
         return ()
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}, all")
+        raise ValueError(f"unknown {what} {unknown}; known: {', '.join(known)}, all")
     return kinds
 
 
@@ -139,9 +142,9 @@ def _actions(world: World, fault: Fault) -> tuple[Callable[[], None], Callable[[
         return (lambda: net.cut.update(cuts)), (lambda: net.cut.subtract(cuts))
     node = nodes[0]
     if fault.kind == "crash":
-        return node.crash, lambda: node.start() if node.state == "down" else None
+        return node.crash, lambda: _restart(node)
     if fault.kind == "wipe":
-        return node.wipe, lambda: node.start() if node.state == "down" else None
+        return node.wipe, lambda: _restart(node)
     if fault.kind == "pause":
         return node.pause, node.resume
     if fault.kind == "disk":
@@ -152,6 +155,12 @@ def _actions(world: World, fault: Fault) -> tuple[Callable[[], None], Callable[[
     return (lambda: setattr(node.clock, "skew_ms", skew_ms)), (lambda: None)
 
 
+def _restart(node: SimNode) -> None:
+    """Start a node a fault stopped (not one killed for good, or that left the cluster)."""
+    if node.state == "down" and not node.retired and node.exit_code is None:
+        node.start()
+
+
 def heal(world: World) -> None:
     """End every fault now (clock skew stays)."""
     world.trace("heal")
@@ -160,5 +169,63 @@ def heal(world: World) -> None:
         node.disk_full = False
         if node.state == "paused":
             node.resume()
-        elif node.state == "down":
-            node.start()
+        else:
+            _restart(node)
+
+
+# -- membership changes ------------------------------------------------------------------
+
+CHANGES = ("join", "decommission", "removenode")
+# A removal is asked for this long after the node was killed (the others must see it down),
+# and again every RETRY_S until a member takes it (a partition may cut the asked one off).
+REMOVE_AFTER_S = 6.0
+RETRY_S = 3.0
+CHANGE_TRIES_MAX = 20
+
+
+def draw_change(rng: random.Random, kinds: tuple[str, ...], nodes: int,
+                heal_s: float) -> Fault | None:
+    """At most one membership change per run, amid the faults: a new node joins (listing
+    itself and one member), one leaves (decommission), or one is killed and removed."""
+    kind = rng.choice((None, *kinds))
+    if kind is None:
+        return None
+    start = rng.uniform(FAULTS_FROM_S, max(FAULTS_FROM_S, heal_s / 2))
+    if kind == "join":
+        return Fault(kind, start, start, (nodes + 1, rng.randint(1, nodes)))
+    leaving, via = rng.sample(range(1, nodes + 1), 2)
+    return Fault(kind, start, start, (leaving, via))
+
+
+def inject_change(world: World, change: Fault) -> None:
+    """Put a membership change on the world's event queue."""
+    subject, other = change.nodes
+    if change.kind == "join":
+        def join() -> None:
+            world.trace("change", change.describe())
+            world.add_node(subject, [subject, other]).start()
+        world.at(change.start_s, join)
+        return
+    if change.kind == "removenode":
+        def kill() -> None:
+            world.trace("change", change.describe())
+            node = world.nodes[subject]
+            node.retired = True
+            node.crash()
+        world.at(change.start_s, kill)
+    msg: Message = (Decommission() if change.kind == "decommission"
+                    else RemoveNode(str(subject)))
+    asked = world.nodes[subject if change.kind == "decommission" else other]
+    tries = [0]
+
+    def ask() -> None:
+        tries[0] += 1
+
+        def answered(status: int, body: object) -> None:
+            world.trace("change-answer", change.kind, status)
+            if status != 202 and tries[0] < CHANGE_TRIES_MAX:
+                world.at(world.now_s + RETRY_S, ask)
+        asked.request(-1000 - tries[0], msg, answered)
+
+    delay = REMOVE_AFTER_S if change.kind == "removenode" else 0.0
+    world.at(change.start_s + delay, ask)

@@ -106,6 +106,7 @@ class SimNode:
         self.clock = SimClock(world, origin_s=1000.0 * index)
         self.state = "down"  # up | down | paused
         self.exit_code: int | None = None  # set when it exited after leaving the cluster
+        self.retired = False  # killed for good (to be removed): no fault's end restarts it
         self.incarnation = 0
         self.disk_full = False
         self.storage: SimStorage | None = None
@@ -423,6 +424,10 @@ class World:
 
     def up(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.state == "up"]
+
+    def members(self) -> list[SimNode]:
+        """The nodes still in the cluster: not killed for good, not exited after leaving."""
+        return [n for n in self.nodes.values() if not n.retired and n.exit_code is None]
 
     def close(self) -> None:
         for node in self.nodes.values():

@@ -8,12 +8,13 @@ few, short, so that a change that breaks the simulation fails here first.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 
 import pytest
 
-from count.sim.faults import KINDS, parse_kinds
+from count.sim.faults import CHANGES, KINDS, draw_change, parse_kinds
 from count.sim.run import simulate
 
 pytestmark = pytest.mark.sim
@@ -59,7 +60,7 @@ def test_an_answer_given_while_catching_up_never_counts_for_a_read():
 
 
 def test_a_fault_free_run_loses_nothing_and_is_never_unsure():
-    outcome = simulate(4, nodes=3, seconds=20.0, kinds=())
+    outcome = simulate(4, nodes=3, seconds=20.0, kinds=(), changes=())
     assert outcome.ok, outcome.verdict.examples
     assert outcome.verdict.counts["maybe"] == 0 and not outcome.faults
 
@@ -123,3 +124,15 @@ def test_a_running_repair_reports_its_ranges_done_of_total():
         assert after["rounds"] == rounds + 1 and "ranges_total" not in after, after
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("kind", CHANGES)
+def test_a_membership_change_amid_every_fault_kind_loses_nothing(kind):
+    """A seed drawing a join, a decommission or a removal (a node killed for good, then
+    removed through another) with every fault kind about it: nothing acknowledged lost,
+    no stale read, no leftover, every hint delivered."""
+    seed = next(s for s in range(1, 50)
+                if draw_change(random.Random(f"{s}/change"), (kind,), 5, 45.0) is not None)
+    outcome = simulate(seed, nodes=5, seconds=60.0, kinds=KINDS, changes=(kind,))
+    assert outcome.ok, (outcome.summary(), outcome.verdict.examples)
+    assert [f.kind for f in outcome.faults if f.kind in CHANGES] == [kind]
