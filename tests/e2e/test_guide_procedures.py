@@ -1,13 +1,15 @@
 """The guide's scaling and failure procedures, followed as written, under write load.
 
 - "Adding Nodes": node 4 is configured with all four members; the three running nodes are
-  restarted one at a time with the four-member CLUSTER_NODES; then node 4 starts. Every node
-  must then report ``cluster_size: 4``, no acknowledged point may be lost at any moment, and
+  restarted one at a time with the four-member CLUSTER_NODES (the ring is cluster state:
+  that changes nothing on them); then node 4 starts and joins. Every node must then report
+  ``cluster_size: 4`` once it has joined, no acknowledged point may be lost at any moment, and
   node 4 must end up holding the series the four-member ring gives it (read it alone), and
   the old replicas must delete what moved away from them (cleanup).
 - "Removing Nodes", graceful removal: writes stop going to node 3; the others are restarted
-  one at a time with node 3 left out of CLUSTER_NODES; node 3 is stopped. Anti-entropy
-  then gives every series its replication factor on the remaining nodes (each read alone).
+  one at a time with node 3 left out of CLUSTER_NODES; node 3 is stopped, and the others
+  then remove it from the ring (as removenode does). Every series then has its replication
+  factor on the remaining nodes (each read alone).
 - "Complete Cluster Failure": every node is SIGKILLed; one node is started on its old data
   and serves what it holds; the others are started one by one; nothing acknowledged is lost.
 
@@ -83,9 +85,11 @@ def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory)
             cluster.restart(i, sig=signal.SIGTERM)
             _acked_grows(cluster, log, 20, f"writes after node {i} restarted with four members")
         # 3. node 4 starts, empty; 4. every node shows cluster_size: 4.
+        # It joins (streaming what the four-member ring gives it) and is then counted.
         cluster.start([4])
         for i in cluster.ids:
-            assert cluster.health(i)["cluster_size"] == 4, (i, cluster.health(i))
+            cluster.wait_until(lambda i=i: cluster.health(i)["cluster_size"] == 4,
+                               f"node {i} shows cluster_size 4")
         _acked_grows(cluster, log, 60, "writes with four members")
         writers.append(*_writers(cluster, log, [4], "grow"))
         _acked_grows(cluster, log, 60, "writes through node 4")
@@ -173,8 +177,15 @@ def test_guide_remove_node_procedure_under_write_load(make_cluster: ClusterFacto
         for w in writers:
             w.stop()
     assert not _unexpected(log), (_unexpected(log), log.errors[:5])
-    # With two members and RF=2 both hold every series: anti-entropy copies to each what
-    # node 3 held for it (two rounds after the last restart, with no operator step).
+    # Node 3 stopped after being taken out of their lists: they remove it from the ring.
+    for i in (1, 2):
+        cluster.wait_until(lambda i=i: addr[3] not in {m["address"]
+                                                        for m in cluster.status(i)["members"]},
+                           f"node 3 removed from node {i}'s ring", 60)
+        assert "is not in this node's CLUSTER_NODES and is down: removing it" in (
+            cluster.node(1).log + cluster.node(2).log)
+    # With two members and RF=2 both hold every series: the removal fetched from the
+    # surviving replica, and anti-entropy copies to each what node 3 held for it.
     for i in (1, 2):
         cluster.wait_until(lambda i=i: cluster.stats(i)["anti_entropy"]["rounds"] >= 2,
                            f"two anti-entropy rounds on node {i}", 60)
