@@ -40,7 +40,8 @@ What it measures:
    (target >= 500,000 points/s), the write p99 of a light client (100-point batches, one
    at a time, over nodes 1-3) during the stream against at rest (target <= 2x), and, once
    cleanup has settled, each node's share of the points (target: within 15% of an even
-   share). ``--only join`` runs this phase alone.
+   share, counted by the series each node's storage holds: every loaded series has the
+   same number of points). ``--only join`` runs this phase alone.
 
 Run it from the repository root with the project's virtualenv::
 
@@ -852,12 +853,6 @@ class ProbeWriter:
         return float(np.percentile(np.asarray(window) * 1e3, 99))
 
 
-def _member_points(port: int) -> dict[int, int]:
-    status = get_json(port, "/cluster/status")
-    return {int(m["node_id"]): int(m["points"] or 0) for m in status["members"]
-            if m.get("ring_state") == "normal"}
-
-
 def phase_join(workspace: Workspace, server_argv: Sequence[str], sizes: Sizes, rf: int,
                env: dict[str, str]) -> dict[str, Any]:
     with running_cluster(workspace, server_argv, "join", rf, env) as cluster:
@@ -909,25 +904,25 @@ def phase_join(workspace: Workspace, server_argv: Sequence[str], sizes: Sizes, r
         print(f"  node 4 streamed {points:,} points in {took:.1f} s: {rate:,.0f} points/s")
         print(f"  probe write p99 at rest {p99_rest:.1f} ms, during the stream {p99_join:.1f} ms"
               f" ({failures} probe writes failed)")
+        # Each node's share, counted exactly: every loaded series holds the same number of
+        # points, so a node's series (its storage's own count, in /stats) are its share.
+        # The heartbeat's points estimate counts overwrites and dropped series until
+        # compaction, and is no measure of this.
         last: dict[int, int] = {}
         stable_since = time.monotonic()
         deadline = time.monotonic() + JOIN_WAIT_S
         while time.monotonic() < deadline:
-            now = _member_points(cluster.node(1).port)
+            now = {n.node_id: int(get_json(n.port, "/stats")["series"]) for n in cluster.nodes}
             if now != last:
                 last, stable_since = now, time.monotonic()
-            elif len(now) == NODES + 1 and time.monotonic() - stable_since >= SHARE_SETTLED_S:
+            elif time.monotonic() - stable_since >= SHARE_SETTLED_S:
                 break
             time.sleep(1.0)
-        for port in [n.port for n in cluster.nodes]:  # points of dropped series go with it
-            bn.wait_compacted(port, COMPACTION_WAIT_S)
-        time.sleep(2 * POLL_S + 1.0)  # a heartbeat with the recounted points
-        last = _member_points(cluster.node(1).port)
         total = sum(last.values()) or 1
         shares = {n: p / total for n, p in sorted(last.items())}
         even = 1 / len(shares)
         worst = max(abs(share - even) / even for share in shares.values())
-        print("  shares after cleanup: " + ", ".join(f"node {n} {100 * s:.1f}%"
+        print("  series shares after cleanup: " + ", ".join(f"node {n} {100 * s:.1f}%"
                                                    for n, s in shares.items()))
         return {"points_loaded": stats.points, "streamed_points": points, "stream_s": took,
                 "stream_points_per_s": rate, "p99_rest_ms": p99_rest, "p99_join_ms": p99_join,
