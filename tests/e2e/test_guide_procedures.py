@@ -26,43 +26,30 @@ from typing import TYPE_CHECKING
 import pytest
 
 from count.cluster.ring import Ring
-from tests.e2e.conftest import CountNode
-from tests.e2e.workload import PointLog, Writers, load_batch, verify_all
+from tests.e2e.workload import (
+    PointLog,
+    Writers,
+    acked_grows,
+    holds_every_acked,
+    unexpected,
+    verify_all,
+    writers_on,
+)
 
 if TYPE_CHECKING:
-    from tests.e2e.cluster import Cluster, ClusterFactory
+    from tests.e2e.cluster import ClusterFactory
 
 pytest_plugins = ("tests.e2e.cluster",)
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _writers(cluster: Cluster, log: PointLog, ids: list[int], prefix: str) -> list[Writers]:
-    return [Writers(cluster.node(i), log, threads=2, make_batch=load_batch(f"{prefix}.n{i}"),
-                    seed=i).start() for i in ids]
 
 
-def _acked_grows(cluster: Cluster, log: PointLog, by: int, what: str) -> None:
-    target = log.statuses[201] + by
-    cluster.wait_until(lambda: log.statuses[201] >= target, what, 60)
 
 
-def _holds_every_acked(node: CountNode, log: PointLog, names: set[str], what: str) -> None:
-    """``node`` (alone: it answers from its own storage) holds every acknowledged point of
-    the series ``names``."""
-    assert names, f"{what}: no series to check"
-    for name in sorted(names):
-        got = {p["timestamp"] for p in node.range(name)}
-        acked = {ts for (s, ts), attempts in log.attempts.items()
-                 if s == name and any(o == "ack" for _, o in attempts)}
-        assert acked <= got, (what, name, len(acked - got), "acknowledged points missing")
 
 
-def _unexpected(log: PointLog) -> dict[object, int]:
-    """Statuses no correct node gives here: 201, 503 (short of replicas while a node
-    restarts) and connection errors of a node's own clients while it restarts are expected."""
-    return {s: n for s, n in log.statuses.items()
-            if s not in (201, 503) and not (isinstance(s, str) and "Timeout" not in s)}
 
 
 def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory) -> None:
@@ -75,28 +62,28 @@ def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory)
         for i in (1, 2, 3):
             cluster.node(i).env_overrides["CLUSTER_NODES"] = ",".join(addr[j] for j in (1, 2, 3))
         cluster.start([1, 2, 3])
-        writers = _writers(cluster, log, [1, 2, 3], "grow")
-        _acked_grows(cluster, log, 60, "writes on three nodes")
+        writers = writers_on(cluster, log, [1, 2, 3], "grow")
+        acked_grows(cluster, log, 60, "writes on three nodes")
 
         # 1. node 4's configuration lists all four; 2. the others are restarted one at a time
         # with the new list (each is back and seen by the others before the next goes).
         for i in (1, 2, 3):
             cluster.node(i).env_overrides["CLUSTER_NODES"] = four
             cluster.restart(i, sig=signal.SIGTERM)
-            _acked_grows(cluster, log, 20, f"writes after node {i} restarted with four members")
+            acked_grows(cluster, log, 20, f"writes after node {i} restarted with four members")
         # 3. node 4 starts, empty; 4. every node shows cluster_size: 4.
         # It joins (streaming what the four-member ring gives it) and is then counted.
         cluster.start([4])
         for i in cluster.ids:
             cluster.wait_until(lambda i=i: cluster.health(i)["cluster_size"] == 4,
                                f"node {i} shows cluster_size 4")
-        _acked_grows(cluster, log, 60, "writes with four members")
-        writers.append(*_writers(cluster, log, [4], "grow"))
-        _acked_grows(cluster, log, 60, "writes through node 4")
+        acked_grows(cluster, log, 60, "writes with four members")
+        writers.append(*writers_on(cluster, log, [4], "grow"))
+        acked_grows(cluster, log, 60, "writes through node 4")
     finally:
         for w in writers:
             w.stop()
-    assert not _unexpected(log), (_unexpected(log), log.errors[:5])
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
     cluster.wait_converged()  # node 4 has caught up with every replica peer
 
     # Cleanup: each old replica deletes the series the new ring moved away from it (and
@@ -107,14 +94,14 @@ def test_guide_add_node_procedure_under_write_load(make_cluster: ClusterFactory)
              for i in (1, 2, 3)}
     assert sum(moved.values()) > 0, moved
     cluster.wait_until(lambda: all(cluster.stats(i)["cleanup_series_dropped"] >= moved[i]
-                                   for i in (1, 2, 3)), f"old replicas drop {moved}", 60)
+                                   for i in (1, 2, 3)), f"old replicas drop {moved}", 120)
     print(verify_all(log, [cluster.node(i) for i in (4, 1, 2, 3)], "after adding node 4"),
           dict(log.statuses))
 
     # The data moved: node 4 alone holds every acknowledged point of the series the
     # four-member ring places on it.
     on4 = {s for s in log.series_names() if addr[4] in ring.replicas(s, 2)}
-    _holds_every_acked(cluster.alone(4, sig=signal.SIGTERM), log, on4, "node 4 alone")
+    holds_every_acked(cluster.alone(4, sig=signal.SIGTERM), log, on4, "node 4 alone")
 
 
 def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None:
@@ -123,14 +110,14 @@ def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None
     writers: list[Writers] = []
     try:
         cluster.start()
-        writers = _writers(cluster, log, [1, 2, 3], "down")
-        _acked_grows(cluster, log, 150, "writes on three nodes")
+        writers = writers_on(cluster, log, [1, 2, 3], "down")
+        acked_grows(cluster, log, 150, "writes on three nodes")
         for i in cluster.ids:  # the whole cluster fails at once
             cluster.kill(i)
     finally:
         for w in writers:
             w.stop()
-    assert not _unexpected(log), (_unexpected(log), log.errors[:5])
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
 
     # 1. one node starts on its old data, alone: it serves what it holds, refuses writes.
     addr = [cluster.node(i).address for i in cluster.ids]
@@ -139,7 +126,7 @@ def test_complete_cluster_failure_recovery(make_cluster: ClusterFactory) -> None
     cluster.wait_sees(1, 1)
     lone = cluster.node(1)
     held = {s for s in log.series_names() if addr[0] in ring.replicas(s, 2)}
-    _holds_every_acked(lone, log, held, "node 1 alone on its old data")
+    holds_every_acked(lone, log, held, "node 1 alone on its old data")
     resp = lone.post("/insert", json={"series": "down.new", "timestamp": 1, "value": 1.0})
     assert resp.status_code == 503, (resp.status_code, resp.text)
 
@@ -156,9 +143,9 @@ def test_guide_remove_node_procedure_under_write_load(make_cluster: ClusterFacto
     cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "5"})
     addr = {i: cluster.node(i).address for i in cluster.ids}
     log = PointLog()
-    writers = _writers(cluster, log, [1, 2, 3], "shrink")
+    writers = writers_on(cluster, log, [1, 2, 3], "shrink")
     try:
-        _acked_grows(cluster, log, 90, "writes on three nodes")
+        acked_grows(cluster, log, 90, "writes on three nodes")
         # 1. stop sending writes to node 3 (the load balancer's part)
         writers.pop().stop()
         # 2. wait for data to replicate: node 3 hands over what it holds as hints
@@ -169,14 +156,14 @@ def test_guide_remove_node_procedure_under_write_load(make_cluster: ClusterFacto
             cluster.node(i).env_overrides["CLUSTER_NODES"] = f"{addr[1]},{addr[2]}"
             cluster.restart(i, converge=False, sig=signal.SIGTERM)
             cluster.wait_until(lambda i=i: {1, 2} <= cluster.alive_seen(i), f"node {i} back")
-            _acked_grows(cluster, log, 20, f"writes after node {i} restarted with two members")
+            acked_grows(cluster, log, 20, f"writes after node {i} restarted with two members")
         # 5. node 3 stops
         assert cluster.stop(3) == 0
-        _acked_grows(cluster, log, 40, "writes on the two remaining nodes")
+        acked_grows(cluster, log, 40, "writes on the two remaining nodes")
     finally:
         for w in writers:
             w.stop()
-    assert not _unexpected(log), (_unexpected(log), log.errors[:5])
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
     # Node 3 stopped after being taken out of their lists: they remove it from the ring.
     for i in (1, 2):
         cluster.wait_until(lambda i=i: addr[3] not in {m["address"]
@@ -190,8 +177,8 @@ def test_guide_remove_node_procedure_under_write_load(make_cluster: ClusterFacto
         cluster.wait_until(lambda i=i: cluster.stats(i)["anti_entropy"]["rounds"] >= 2,
                            f"two anti-entropy rounds on node {i}", 60)
     names = log.series_names()
-    _holds_every_acked(cluster.alone(2, sig=signal.SIGTERM), log, names, "node 2 alone")
+    holds_every_acked(cluster.alone(2, sig=signal.SIGTERM), log, names, "node 2 alone")
     cluster.start([1], converge=False)
-    _holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, names, "node 1 alone")
+    holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, names, "node 1 alone")
     cluster.start([2])
     print(verify_all(log, [cluster.node(i) for i in (1, 2)], "after removing node 3"))

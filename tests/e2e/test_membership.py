@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from count.cluster.ring import Ring
-from tests.e2e.conftest import REPO_ROOT, CountNode
-from tests.e2e.workload import T0_MS, PointLog, Writers, load_batch, verify_all
+from tests.e2e.conftest import REPO_ROOT
+from tests.e2e.workload import (
+    T0_MS,
+    PointLog,
+    acked_grows,
+    holds_every_acked,
+    unexpected,
+    verify_all,
+    writers_on,
+)
 
 if TYPE_CHECKING:
     from tests.e2e.cluster import Cluster, ClusterFactory
@@ -29,14 +37,8 @@ pytest_plugins = ("tests.e2e.cluster",)
 pytestmark = pytest.mark.timeout(240)
 
 
-def _writers(cluster: Cluster, log: PointLog, ids: list[int], prefix: str) -> list[Writers]:
-    return [Writers(cluster.node(i), log, threads=2, make_batch=load_batch(f"{prefix}.n{i}"),
-                    seed=i).start() for i in ids]
 
 
-def _acked_grows(cluster: Cluster, log: PointLog, by: int, what: str) -> None:
-    target = log.statuses[201] + by
-    cluster.wait_until(lambda: log.statuses[201] >= target, what, 60)
 
 
 def _ring_states(cluster: Cluster, i: int) -> dict[int, str]:
@@ -52,21 +54,8 @@ def _wait_states(cluster: Cluster, ids: list[int], want: dict[int, str], what: s
                                     if k in want} == want for i in ids), what, timeout)
 
 
-def _only_expected(log: PointLog) -> None:
-    """201, and 503 while a node restarts or leaves, are what a correct cluster answers;
-    connection errors only to a node's own clients while it is down."""
-    odd = {s: n for s, n in log.statuses.items()
-           if s not in (201, 503) and not (isinstance(s, str) and "Timeout" not in s)}
-    assert not odd, (odd, log.errors[:5])
 
 
-def _holds_every_acked(node: CountNode, log: PointLog, names: set[str], what: str) -> None:
-    assert names, f"{what}: no series to check"
-    for name in sorted(names):
-        got = {p["timestamp"] for p in node.range(name)}
-        acked = {ts for (s, ts), attempts in log.attempts.items()
-                 if s == name and any(o == "ack" for _, o in attempts)}
-        assert acked <= got, (what, name, len(acked - got), "acknowledged points missing")
 
 
 def _seeded_cluster(make_cluster: ClusterFactory, n_running: int, env: dict[str, str]
@@ -88,32 +77,32 @@ def test_a_fourth_node_joins_under_write_load(make_cluster: ClusterFactory) -> N
     cluster = _seeded_cluster(make_cluster, 3, {})
     addr = {i: cluster.node(i).address for i in cluster.ids}
     log = PointLog()
-    writers = _writers(cluster, log, [1, 2, 3], "join")
+    writers = writers_on(cluster, log, [1, 2, 3], "join")
     try:
-        _acked_grows(cluster, log, 100, "writes on three nodes")
+        acked_grows(cluster, log, 100, "writes on three nodes")
         cluster.node(4).start_ready()
         _wait_states(cluster, [1, 2, 3, 4], {4: "normal"}, "node 4 joined on every node")
         for i in (1, 2, 3, 4):
             assert cluster.health(i)["cluster_size"] == 4, (i, cluster.health(i))
-        _acked_grows(cluster, log, 60, "writes with four members")
+        acked_grows(cluster, log, 60, "writes with four members")
     finally:
         for w in writers:
             w.stop()
-    _only_expected(log)
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
     assert "Streaming: node 4 fetched every range" in cluster.node(4).log
     print(verify_all(log, [cluster.node(i) for i in (4, 1, 2, 3)], "after node 4 joined"),
           dict(log.statuses))
     ring = Ring([addr[i] for i in (1, 2, 3, 4)])
     on4 = {s for s in log.series_names() if addr[4] in ring.replicas(s, 2)}
-    _holds_every_acked(cluster.alone(4, sig=signal.SIGTERM), log, on4, "node 4 alone")
+    holds_every_acked(cluster.alone(4, sig=signal.SIGTERM), log, on4, "node 4 alone")
 
 
 def test_decommission_under_write_load_exits_zero(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(4, 2)
     log = PointLog()
-    writers = _writers(cluster, log, [1, 2, 3], "leave")
+    writers = writers_on(cluster, log, [1, 2, 3], "leave")
     try:
-        _acked_grows(cluster, log, 100, "writes on four nodes")
+        acked_grows(cluster, log, 100, "writes on four nodes")
         done = subprocess.run(
             [sys.executable, "-m", "count.cli", "--url", cluster.node(4).url(""),
              "decommission"], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
@@ -121,44 +110,44 @@ def test_decommission_under_write_load_exits_zero(make_cluster: ClusterFactory) 
         assert "Node 4 decommissioned" in done.stdout, done.stdout
         assert cluster.node(4).wait_exit(30) == 0
         _wait_states(cluster, [1, 2, 3], {4: "left"}, "node 4 left on every node")
-        _acked_grows(cluster, log, 60, "writes on three nodes")
+        acked_grows(cluster, log, 60, "writes on three nodes")
     finally:
         for w in writers:
             w.stop()
-    _only_expected(log)
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
     print(verify_all(log, [cluster.node(i) for i in (1, 2, 3)], "after node 4 left"),
           dict(log.statuses))
     addr = [cluster.node(i).address for i in (1, 2, 3)]
     ring = Ring(addr)
     on1 = {s for s in log.series_names() if addr[0] in ring.replicas(s, 2)}
-    _holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, on1, "node 1 alone")
+    holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, on1, "node 1 alone")
 
 
 def test_removenode_of_a_killed_node_restores_the_replication_factor(
         make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3, 2, env={"ANTI_ENTROPY_INTERVAL_SECONDS": "0"})
     log = PointLog()
-    writers = _writers(cluster, log, [1, 2], "remove")
+    writers = writers_on(cluster, log, [1, 2], "remove")
     try:
-        _acked_grows(cluster, log, 100, "writes on three nodes")
+        acked_grows(cluster, log, 100, "writes on three nodes")
         cluster.kill(3)
         cluster.wait_sees(1, {1, 2})
         resp = cluster.node(1).post("/cluster/removenode/3")
         assert resp.status_code == 202, (resp.status_code, resp.text)
         _wait_states(cluster, [1, 2], {3: "left"}, "node 3 removed on every node")
-        _acked_grows(cluster, log, 60, "writes on two nodes")
+        acked_grows(cluster, log, 60, "writes on two nodes")
     finally:
         for w in writers:
             w.stop()
-    _only_expected(log)
+    assert not unexpected(log), (unexpected(log), log.errors[:5])
     resp = cluster.node(1).post("/cluster/removenode/3")
     assert resp.status_code == 404, (resp.status_code, resp.text)
     print(verify_all(log, [cluster.node(i) for i in (1, 2)], "after removing node 3"))
     # Two members, two replicas: each alone holds everything, anti-entropy being off.
     names = log.series_names()
-    _holds_every_acked(cluster.alone(2, sig=signal.SIGTERM), log, names, "node 2 alone")
+    holds_every_acked(cluster.alone(2, sig=signal.SIGTERM), log, names, "node 2 alone")
     cluster.start([1], converge=False)
-    _holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, names, "node 1 alone")
+    holds_every_acked(cluster.alone(1, sig=signal.SIGTERM), log, names, "node 1 alone")
 
 
 def _bulk(cluster: Cluster, points: int, series: int) -> list[dict[str, Any]]:

@@ -16,11 +16,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from tests.e2e.conftest import CountNode
+
+if TYPE_CHECKING:
+    from tests.e2e.cluster import Cluster
 
 Key = tuple[str, int]
 Batch = list[dict[str, Any]]
@@ -194,3 +197,34 @@ def verify_all(log: PointLog, nodes: list[CountNode], when: str) -> str:
         assert not report["wrong"], f"{summary}; wrong e.g. {report['wrong'][:5]}"
         assert not report["phantom"], f"{summary}; phantom e.g. {report['phantom'][:5]}"
     return summary
+
+
+def writers_on(cluster: Cluster, log: PointLog, ids: list[int], prefix: str) -> list[Writers]:
+    """Two writer threads through each of the nodes ``ids``, logging into ``log``."""
+    return [Writers(cluster.node(i), log, threads=2, make_batch=load_batch(f"{prefix}.n{i}"),
+                    seed=i).start() for i in ids]
+
+
+def acked_grows(cluster: Cluster, log: PointLog, by: int, what: str) -> None:
+    """Wait until ``by`` more requests have been acknowledged (the cluster takes writes)."""
+    target = log.statuses[201] + by
+    cluster.wait_until(lambda: log.statuses[201] >= target, what, 60)
+
+
+def holds_every_acked(node: CountNode, log: PointLog, names: set[str], what: str) -> None:
+    """``node`` (alone: it answers from its own storage) holds every acknowledged point of
+    the series ``names``."""
+    assert names, f"{what}: no series to check"
+    for name in sorted(names):
+        got = {p["timestamp"] for p in node.range(name)}
+        acked = {ts for (s, ts), attempts in log.attempts.items()
+                 if s == name and any(o == "ack" for _, o in attempts)}
+        assert acked <= got, (what, name, len(acked - got), "acknowledged points missing")
+
+
+def unexpected(log: PointLog) -> dict[object, int]:
+    """Statuses no correct node gives here: 201, 503 (short of replicas while a node
+    restarts or leaves) and connection errors of a node's own clients while it is down are
+    expected."""
+    return {s: n for s, n in log.statuses.items()
+            if s not in (201, 503) and not (isinstance(s, str) and "Timeout" not in s)}
