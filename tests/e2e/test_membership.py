@@ -37,10 +37,6 @@ pytest_plugins = ("tests.e2e.cluster",)
 pytestmark = pytest.mark.timeout(240)
 
 
-
-
-
-
 def _ring_states(cluster: Cluster, i: int) -> dict[int, str]:
     """Each member's ring state as node ``i`` has it; one that has left is no longer listed."""
     status = cluster.status(i)
@@ -52,10 +48,6 @@ def _wait_states(cluster: Cluster, ids: list[int], want: dict[int, str], what: s
                  timeout: float = 120) -> None:
     cluster.wait_until(lambda: all({k: v for k, v in _ring_states(cluster, i).items()
                                     if k in want} == want for i in ids), what, timeout)
-
-
-
-
 
 
 def _seeded_cluster(make_cluster: ClusterFactory, n_running: int, env: dict[str, str]

@@ -198,23 +198,23 @@ def test_requests_are_labelled_by_route_template_method_and_status() -> None:
     app.add_route("/echo/{name}", _Echo())
     client = falcon.testing.TestClient(app)
     route = "/echo/{name}"
-    before = (_value("count_http_requests_total", route=route, method="POST", status="201"),
-              _value("count_http_request_duration_seconds_count", route=route),
-              _value("count_http_request_bytes_total", route=route),
-              _value("count_http_response_bytes_total", route=route),
-              _value("count_http_requests_total", route="unmatched", method="GET", status="404"),
-              _value("count_http_requests_total", route=route, method="other", status="400"))
+
+    def samples() -> tuple[float, ...]:
+        return (_value("count_http_requests_total", route=route, method="POST", status="201"),
+                _value("count_http_request_duration_seconds_count", route=route),
+                _value("count_http_request_bytes_total", route=route),
+                _value("count_http_response_bytes_total", route=route),
+                _value("count_http_requests_total", route="unmatched", method="GET",
+                       status="404"),
+                _value("count_http_requests_total", route=route, method="other", status="400"))
+
+    before = samples()
     for name in ("a", "b", "c"):  # three paths, one route
         assert client.simulate_post(f"/echo/{name}", body=b"12345").status_code == 201
     assert client.simulate_get("/no/such/route").status_code == 404
     refused = client.simulate_request("BREW", "/echo/a")
     assert refused.status_code == 400  # Falcon refuses a method it does not know
-    after = (_value("count_http_requests_total", route=route, method="POST", status="201"),
-             _value("count_http_request_duration_seconds_count", route=route),
-             _value("count_http_request_bytes_total", route=route),
-             _value("count_http_response_bytes_total", route=route),
-             _value("count_http_requests_total", route="unmatched", method="GET", status="404"),
-             _value("count_http_requests_total", route=route, method="other", status="400"))
+    after = samples()
     assert [a - b for a, b in zip(after, before)] == [3, 4, 15, 15 + len(refused.content), 1, 1]
     assert _value("count_http_requests_in_flight") == 0
     paths = {s.labels.get("route") for m in WORKER_REGISTRY.collect() for s in m.samples}
